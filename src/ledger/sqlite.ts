@@ -1,0 +1,254 @@
+import Database from 'better-sqlite3'
+import { assertPayerAccount, SYSTEM_ACCOUNTS } from './accounts.ts'
+import { InsufficientCredit, LedgerArgumentInvalid, LedgerInvariantBroken, PendingAlreadyResolved } from './errors.ts'
+import { Audit } from './sqlite-audit.ts'
+import { PaymentClaims } from './sqlite-payments.ts'
+import { Receipts } from './sqlite-receipts.ts'
+import { migrate } from './sqlite-schema.ts'
+import { TransferEngine, type NewTransfer } from './sqlite-transfers.ts'
+import {
+  canonicalMeta, checkAmount, checkEpochMs, checkId, checkLimit, checkText, normalizeClaimKey,
+} from './validate.ts'
+import type {
+  Balance, ClaimResult, DepositInput, GrantInput, LedgerStore, LedgerTotals, PaymentClaim, PaymentClaimInput,
+  PaymentClaimKey, PaymentClaimUpdate, PostInput, Receipt, ReceiptPatch, ReserveInput, ReserveResult,
+  SettleDepositInput, Transfer, TransferResult, VoidInput,
+} from './types.ts'
+
+export interface SqliteLedgerOptions {
+  clock?: () => number
+  /** How long a writer waits for another connection's write lock before failing with SQLITE_BUSY. */
+  busyTimeoutMs?: number
+}
+
+const CLAIM_STATUSES = new Set(['settling', 'settled', 'failed', 'unknown'])
+
+/**
+ * Opens (creating and migrating if needed) a ledger file. One file serves one replica; several
+ * connections to the same file are safe because every operation is one BEGIN IMMEDIATE transaction
+ * and the invariants are in the schema. `:memory:` gives a private ledger for tests.
+ */
+export async function openSqliteLedger (path: string, opts: SqliteLedgerOptions = {}): Promise<LedgerStore> {
+  const clock = opts.clock ?? Date.now
+  const db = new Database(path)
+  try {
+    db.defaultSafeIntegers(true)
+    // busy_timeout first: the WAL switch itself needs a lock another connection may hold.
+    db.pragma(`busy_timeout = ${Math.max(0, Math.floor(opts.busyTimeoutMs ?? 5000))}`)
+    db.pragma('journal_mode = WAL')
+    // FULL: a deposit acknowledged to a payer must survive power loss, not only a process crash.
+    db.pragma('synchronous = FULL')
+    db.pragma('foreign_keys = ON')
+    migrate(db, clock())
+  } catch (err) {
+    db.close()
+    throw err
+  }
+  return new SqliteLedger(db, clock)
+}
+
+function isNegativePayer (err: unknown): boolean {
+  return err instanceof Database.SqliteError && err.code === 'SQLITE_CONSTRAINT_CHECK' &&
+    err.message.includes('payer_not_negative')
+}
+
+class SqliteLedger implements LedgerStore {
+  private readonly engine: TransferEngine
+  private readonly claims: PaymentClaims
+  private readonly receiptsTable: Receipts
+  private readonly audit: Audit
+
+  constructor (private readonly db: Database.Database, private readonly clock: () => number) {
+    this.engine = new TransferEngine(db, clock)
+    this.claims = new PaymentClaims(db, this.engine, clock)
+    this.receiptsTable = new Receipts(db)
+    this.audit = new Audit(db)
+  }
+
+  // IMMEDIATE takes the write lock before the first read, so no other connection can slip a write
+  // between this operation's checks and its insert (a DEFERRED transaction could, or deadlock).
+  private tx<T> (fn: () => T): T {
+    return this.db.transaction(fn).immediate()
+  }
+
+  /** A read-only snapshot: WAL readers never block the writer. */
+  private snapshot<T> (fn: () => T): T {
+    return this.db.transaction(fn).deferred()
+  }
+
+  async deposit (input: DepositInput): Promise<TransferResult> {
+    const t: NewTransfer = {
+      id: checkId('id', input.id),
+      kind: 'deposit',
+      debitAccount: SYSTEM_ACCOUNTS.deposits,
+      creditAccount: assertPayerAccount(input.account),
+      amount: checkAmount('amount', input.amount),
+      reference: checkText('reference', input.reference),
+      meta: canonicalMeta(input.meta),
+    }
+    return this.tx(() => this.engine.postSimple(t))
+  }
+
+  async grant (input: GrantInput): Promise<TransferResult> {
+    return this.tx(() => this.engine.postSimple(this.grantTransfer('grant', input)))
+  }
+
+  async clawback (input: GrantInput): Promise<TransferResult> {
+    const t = this.grantTransfer('clawback', input)
+    try {
+      return this.tx(() => this.engine.postSimple(t))
+    } catch (err) {
+      if (!isNegativePayer(err)) throw err
+      throw new InsufficientCredit(t.debitAccount, this.engine.balance(t.debitAccount).available, t.amount)
+    }
+  }
+
+  private grantTransfer (kind: 'grant' | 'clawback', input: GrantInput): NewTransfer {
+    const payer = assertPayerAccount(input.account)
+    return {
+      id: checkId('id', input.id),
+      kind,
+      debitAccount: kind === 'grant' ? SYSTEM_ACCOUNTS.grants : payer,
+      creditAccount: kind === 'grant' ? payer : SYSTEM_ACCOUNTS.grants,
+      amount: checkAmount('amount', input.amount),
+      meta: canonicalMeta({ reason: checkText('reason', input.reason) }),
+    }
+  }
+
+  async reserve (input: ReserveInput): Promise<ReserveResult> {
+    const t: NewTransfer = {
+      id: checkId('id', input.id),
+      kind: 'pending',
+      debitAccount: assertPayerAccount(input.account),
+      creditAccount: SYSTEM_ACCOUNTS.revenue,
+      amount: checkAmount('amount', input.amount),
+      timeoutAt: checkEpochMs('timeoutAt', input.timeoutAt),
+      reference: checkText('reference', input.reference),
+    }
+    try {
+      return this.tx(() => {
+        const { id, ...fingerprint } = t
+        const seen = this.engine.existing(id, fingerprint)
+        if (seen) return { ok: true as const, ...seen }
+        if (t.timeoutAt! <= this.clock()) throw new LedgerArgumentInvalid('timeoutAt', 'is already past')
+        // The CHECK on the payer's row decides affordability, atomically with the insert.
+        return { ok: true as const, transfer: this.engine.append(t), duplicate: false }
+      })
+    } catch (err) {
+      if (!isNegativePayer(err)) throw err
+      return { ok: false, code: 'insufficient_credit', available: this.engine.balance(t.debitAccount).available }
+    }
+  }
+
+  async post (input: PostInput): Promise<TransferResult> {
+    const pendingId = checkId('pendingId', input.pendingId)
+    const id = checkId('id', input.id)
+    const amount = checkAmount('amount', input.amount, { allowZero: true })
+    return this.resolve(pendingId, () => {
+      const seen = this.engine.existing(id, { kind: 'post', pendingId, amount })
+      if (seen) return seen
+      const open = this.engine.openPending(pendingId)
+      if ('expiredNow' in open) return null
+      return { transfer: this.engine.resolve('post', id, open.pending, amount, null), duplicate: false }
+    })
+  }
+
+  async void (input: VoidInput): Promise<TransferResult> {
+    const pendingId = checkId('pendingId', input.pendingId)
+    const id = checkId('id', input.id)
+    const meta = canonicalMeta({ reason: checkText('reason', input.reason) })
+    return this.resolve(pendingId, () => {
+      const seen = this.engine.existing(id, { kind: 'void', pendingId, meta })
+      if (seen) return seen
+      const open = this.engine.openPending(pendingId)
+      if ('expiredNow' in open) return null
+      return { transfer: this.engine.resolve('void', id, open.pending, open.pending.amount, meta), duplicate: false }
+    })
+  }
+
+  /** null from the step means "expired during this call": commit that, then report it. */
+  private resolve (pendingId: string, step: () => TransferResult | null): TransferResult {
+    const result = this.tx(step)
+    if (result === null) throw new PendingAlreadyResolved(pendingId, 'expired')
+    return result
+  }
+
+  async expirePending (now: number): Promise<number> {
+    checkEpochMs('now', now)
+    return this.tx(() => {
+      const due = this.engine.dueBefore(now)
+      for (const p of due) this.engine.expire(p)
+      return due.length
+    })
+  }
+
+  async balance (account: string): Promise<Balance> {
+    return this.engine.balance(checkId('account', account))
+  }
+
+  async transfers (account: string, opts: { limit?: number } = {}): Promise<Transfer[]> {
+    return this.engine.list(checkId('account', account), checkLimit(opts.limit))
+  }
+
+  async getTransfer (id: string): Promise<Transfer | null> {
+    return this.engine.get(checkId('id', id))
+  }
+
+  async claimPayment (input: PaymentClaimInput): Promise<ClaimResult> {
+    const key = normalizeClaimKey(input)
+    const requestId = checkId('requestId', input.requestId)
+    const amount = checkAmount('amount', input.amount)
+    return this.claims.claim(key, requestId, amount)
+  }
+
+  async updatePaymentClaim (key: PaymentClaimKey, update: PaymentClaimUpdate): Promise<PaymentClaim> {
+    const k = normalizeClaimKey(key)
+    if (!CLAIM_STATUSES.has(update?.status)) throw new LedgerArgumentInvalid('status', 'must be settling, settled, failed or unknown')
+    if (update.txHash !== undefined) checkText('txHash', update.txHash)
+    if (update.error !== undefined) checkText('error', update.error)
+    return this.tx(() => this.claims.update(k, update))
+  }
+
+  async getPaymentClaim (key: PaymentClaimKey): Promise<PaymentClaim | null> {
+    return this.claims.get(normalizeClaimKey(key))
+  }
+
+  async settlePaymentAndDeposit (key: PaymentClaimKey, input: SettleDepositInput): Promise<TransferResult> {
+    const k = normalizeClaimKey(key)
+    const txHash = checkText('txHash', input.txHash)
+    const depositId = checkId('depositId', input.depositId)
+    const account = assertPayerAccount(input.account)
+    const amount = checkAmount('amount', input.amount)
+    return this.tx(() => this.claims.settleAndDeposit(k, txHash, depositId, account, amount))
+  }
+
+  async putReceipt (receipt: Receipt): Promise<void> {
+    this.receiptsTable.put(receipt)
+  }
+
+  async updateReceipt (id: string, patch: ReceiptPatch): Promise<Receipt | null> {
+    return this.tx(() => this.receiptsTable.update(checkId('id', id), patch))
+  }
+
+  async getReceipt (id: string): Promise<Receipt | null> {
+    return this.receiptsTable.get(checkId('id', id))
+  }
+
+  async receipts (payer: string, opts: { limit?: number } = {}): Promise<Receipt[]> {
+    return this.receiptsTable.list(checkId('payer', payer), checkLimit(opts.limit))
+  }
+
+  async totals (): Promise<LedgerTotals> {
+    return this.snapshot(() => this.audit.totals())
+  }
+
+  async checkInvariants (): Promise<void> {
+    // One transaction, so the audit reads a single consistent snapshot.
+    const problems = this.snapshot(() => this.audit.problems())
+    if (problems.length > 0) throw new LedgerInvariantBroken(problems)
+  }
+
+  async close (): Promise<void> {
+    if (this.db.open) this.db.close()
+  }
+}

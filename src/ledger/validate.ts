@@ -1,0 +1,82 @@
+import { LedgerAmountInvalid, LedgerArgumentInvalid } from './errors.ts'
+import type { PaymentClaimKey, TransferMeta } from './types.ts'
+
+// Argument checks shared by every store. They reject malformed calls early with a typed error; the
+// money invariants themselves are enforced again by the store's schema, not trusted to this file.
+
+/** Both SQLite INTEGER and PostgreSQL BIGINT are signed 64-bit. */
+export const MAX_AMOUNT = 2n ** 63n - 1n
+const MAX_ID_LENGTH = 256
+const MAX_TEXT_LENGTH = 1024
+
+export function checkAmount (field: string, value: unknown, { allowZero = false } = {}): bigint {
+  if (typeof value !== 'bigint' || value > MAX_AMOUNT || value < 0n || (value === 0n && !allowZero)) {
+    throw new LedgerAmountInvalid(field, value)
+  }
+  return value
+}
+
+export function checkId (field: string, value: unknown): string {
+  if (typeof value !== 'string' || value.length === 0 || value.length > MAX_ID_LENGTH) {
+    throw new LedgerArgumentInvalid(field, `must be a non-empty string of at most ${MAX_ID_LENGTH} characters`)
+  }
+  return value
+}
+
+export function checkText (field: string, value: unknown): string {
+  if (typeof value !== 'string' || value.length > MAX_TEXT_LENGTH) {
+    throw new LedgerArgumentInvalid(field, `must be a string of at most ${MAX_TEXT_LENGTH} characters`)
+  }
+  return value
+}
+
+export function checkEpochMs (field: string, value: unknown): number {
+  if (typeof value !== 'number' || !Number.isSafeInteger(value) || value < 0) {
+    throw new LedgerArgumentInvalid(field, 'must be a non-negative integer of epoch milliseconds')
+  }
+  return value
+}
+
+export function checkLimit (value: unknown, fallback = 50, max = 1000): number {
+  if (value === undefined) return fallback
+  if (typeof value !== 'number' || !Number.isSafeInteger(value) || value < 1) {
+    throw new LedgerArgumentInvalid('limit', 'must be a positive integer')
+  }
+  return Math.min(value, max)
+}
+
+/**
+ * Key order must not matter when a retried request is compared with the stored one, so meta is
+ * serialised with sorted keys; an empty object means "no meta".
+ */
+export function canonicalMeta (meta: TransferMeta | null | undefined): string | null {
+  if (meta == null) return null
+  if (typeof meta !== 'object' || Array.isArray(meta)) throw new LedgerArgumentInvalid('meta', 'must be a flat object')
+  const entries = Object.entries(meta).sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0))
+  if (entries.length === 0) return null
+  for (const [k, v] of entries) {
+    if (v !== null && !['string', 'number', 'boolean'].includes(typeof v)) {
+      throw new LedgerArgumentInvalid(`meta.${k}`, 'must be a string, number, boolean or null')
+    }
+  }
+  return JSON.stringify(Object.fromEntries(entries))
+}
+
+/**
+ * EVM addresses and EIP-3009 nonces are hex and case-insensitive; comparing them lowercased stops
+ * a replay that merely changes letter case. The network id (CAIP-2) is compared as given.
+ */
+export function normalizeClaimKey (key: PaymentClaimKey): PaymentClaimKey {
+  const network = checkId('network', key?.network)
+  const asset = checkId('asset', key.asset)
+  return {
+    network,
+    asset: /^0x[0-9a-fA-F]+$/.test(asset) ? asset.toLowerCase() : asset,
+    payer: checkId('payer', key.payer).toLowerCase(),
+    nonce: checkId('nonce', key.nonce).toLowerCase(),
+  }
+}
+
+export function claimKeyString (k: PaymentClaimKey): string {
+  return `${k.network}/${k.asset}/${k.payer}/${k.nonce}`
+}
