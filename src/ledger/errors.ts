@@ -13,6 +13,9 @@ export type LedgerErrorCode =
   | 'LEDGER_CLAIM_NOT_FOUND'
   | 'LEDGER_CLAIM_SETTLED'
   | 'LEDGER_INVARIANT_BROKEN'
+  | 'LEDGER_CLAIM_STATE'
+  | 'LEDGER_TOO_MANY_KEYS'
+  | 'LEDGER_API_KEY_CONFLICT'
 
 export class LedgerError extends Error {
   constructor (readonly code: LedgerErrorCode, message: string) {
@@ -82,6 +85,26 @@ export class PaymentClaimNotFound extends LedgerError {
 export class PaymentClaimSettled extends LedgerError {
   constructor (readonly key: string, readonly depositId: string | null) {
     super('LEDGER_CLAIM_SETTLED', `payment claim ${key} is already settled${depositId ? ` (deposit ${depositId})` : ''}`)
+  }
+}
+
+/** The claim is in a state that does not allow this operation (e.g. reversing a claim with no provisional deposit). */
+export class PaymentClaimState extends LedgerError {
+  constructor (readonly key: string, readonly status: string, why: string) {
+    super('LEDGER_CLAIM_STATE', `payment claim ${key} is ${status}: ${why}`)
+  }
+}
+
+export class TooManyApiKeys extends LedgerError {
+  constructor (readonly account: string, readonly limit: number) {
+    super('LEDGER_TOO_MANY_KEYS', `account ${account} already has ${limit} active API keys`)
+  }
+}
+
+/** An API key id or hash that is already stored. */
+export class ApiKeyConflict extends LedgerError {
+  constructor (readonly field: 'id' | 'hash') {
+    super('LEDGER_API_KEY_CONFLICT', `an API key with this ${field} already exists`)
   }
 }
 

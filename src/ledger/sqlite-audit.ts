@@ -43,9 +43,16 @@ SELECT r.id FROM transfers r LEFT JOIN transfers p ON p.id = r.pending_id
 WHERE r.pending_id IS NOT NULL AND (p.id IS NULL OR p.kind <> 'pending')
 LIMIT 20`
 
+// A claim's deposit must exist; it is settled, or provisional and either still open or reversed. A
+// reversal must add up to the deposit and, when it took anything back, match its refund transfer.
 const BAD_CLAIMS = `
 SELECT c.network || '/' || c.payer || '/' || c.nonce AS k FROM payment_claims c LEFT JOIN transfers t ON t.id = c.deposit_id
-WHERE c.deposit_id IS NOT NULL AND (c.status <> 'settled' OR t.id IS NULL OR t.kind <> 'deposit')
+WHERE (c.deposit_id IS NOT NULL AND (t.id IS NULL OR t.kind <> 'deposit' OR NOT (c.status = 'settled'
+    OR (c.provisional = 1 AND c.reversal_id IS NULL AND c.status IN ('settling', 'unknown'))
+    OR (c.provisional = 1 AND c.reversal_id IS NOT NULL AND c.status = 'failed'))))
+  OR (c.reversal_id IS NOT NULL AND (t.id IS NULL OR c.reversed_amount + c.shortfall <> t.amount
+    OR (c.reversed_amount > 0 AND NOT EXISTS (SELECT 1 FROM transfers r WHERE r.id = c.reversal_id AND r.kind = 'refund'
+      AND r.amount = c.reversed_amount AND r.debit_account = t.credit_account AND r.credit_account = 'system:deposits'))))
 LIMIT 20`
 
 export class Audit {

@@ -1,4 +1,5 @@
 import type Database from 'better-sqlite3'
+import { V3_ACCESS_AND_OPTIMISTIC } from './sqlite-schema-v3.ts'
 
 // The SQLite schema is where the ledger rules live. JavaScript checks arguments and picks the
 // friendly error, but a buggy caller, a second process or a hand-typed SQL statement still cannot:
@@ -154,6 +155,7 @@ CREATE INDEX receipts_by_payer ON receipts (payer, created_at);
 export const MIGRATIONS: readonly Migration[] = [
   { version: 1, name: 'accounts and transfers', sql: V1_LEDGER },
   { version: 2, name: 'payment claims and receipts', sql: V2_PAYMENTS_RECEIPTS },
+  { version: 3, name: 'api keys, nonces, idempotency, blocks, provisional deposits', sql: V3_ACCESS_AND_OPTIMISTIC },
 ]
 
 /**

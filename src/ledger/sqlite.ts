@@ -2,17 +2,21 @@ import Database from 'better-sqlite3'
 import { assertPayerAccount, SYSTEM_ACCOUNTS } from './accounts.ts'
 import { InsufficientCredit, LedgerArgumentInvalid, LedgerInvariantBroken, PendingAlreadyResolved } from './errors.ts'
 import { Audit } from './sqlite-audit.ts'
+import { SqliteStoreBase } from './sqlite-base.ts'
 import { PaymentClaims } from './sqlite-payments.ts'
+import { Blocks, Provisional } from './sqlite-provisional.ts'
 import { Receipts } from './sqlite-receipts.ts'
 import { migrate } from './sqlite-schema.ts'
-import { TransferEngine, type NewTransfer } from './sqlite-transfers.ts'
+import type { NewTransfer } from './sqlite-transfers.ts'
 import {
-  canonicalMeta, checkAmount, checkEpochMs, checkId, checkLimit, checkText, normalizeClaimKey,
+  canonicalMeta, checkAmount, checkEpochMs, checkId, checkLimit, checkListClaims, checkPositiveInt, checkText,
+  checkUnixSeconds, normalizeClaimKey,
 } from './validate.ts'
 import type {
-  Balance, ClaimResult, DepositInput, GrantInput, LedgerStore, LedgerTotals, PaymentClaim, PaymentClaimInput,
-  PaymentClaimKey, PaymentClaimUpdate, PostInput, Receipt, ReceiptPatch, ReserveInput, ReserveResult,
-  SettleDepositInput, Transfer, TransferResult, VoidInput,
+  AccountBlock, Balance, ClaimResult, DepositInput, GrantInput, LedgerStore, LedgerTotals, ListPaymentClaimsInput,
+  PaymentClaim, PaymentClaimInput, PaymentClaimKey, PaymentClaimUpdate, PostInput, ProvisionalDepositInput, Receipt,
+  ReceiptPatch, ReserveInput, ReserveResult, ReverseProvisionalInput, ReverseProvisionalResult, SettleDepositInput,
+  Transfer, TransferResult, VoidInput,
 } from './types.ts'
 
 export interface SqliteLedgerOptions {
@@ -52,28 +56,26 @@ function isNegativePayer (err: unknown): boolean {
     err.message.includes('payer_not_negative')
 }
 
-class SqliteLedger implements LedgerStore {
-  private readonly engine: TransferEngine
+/** The transfers_refuse_blocked trigger (a backstop: reserve checks the block first). */
+function isBlockedPayer (err: unknown): boolean {
+  return err instanceof Database.SqliteError && err.message.includes('ledger: account_blocked')
+}
+
+/** The money operations; the transaction plumbing and the access records are in SqliteStoreBase. */
+class SqliteLedger extends SqliteStoreBase implements LedgerStore {
   private readonly claims: PaymentClaims
   private readonly receiptsTable: Receipts
   private readonly audit: Audit
+  private readonly blocks: Blocks
+  private readonly provisional: Provisional
 
-  constructor (private readonly db: Database.Database, private readonly clock: () => number) {
-    this.engine = new TransferEngine(db, clock)
+  constructor (db: Database.Database, clock: () => number) {
+    super(db, clock)
     this.claims = new PaymentClaims(db, this.engine, clock)
     this.receiptsTable = new Receipts(db)
     this.audit = new Audit(db)
-  }
-
-  // IMMEDIATE takes the write lock before the first read, so no other connection can slip a write
-  // between this operation's checks and its insert (a DEFERRED transaction could, or deadlock).
-  private tx<T> (fn: () => T): T {
-    return this.db.transaction(fn).immediate()
-  }
-
-  /** A read-only snapshot: WAL readers never block the writer. */
-  private snapshot<T> (fn: () => T): T {
-    return this.db.transaction(fn).deferred()
+    this.blocks = new Blocks(db)
+    this.provisional = new Provisional(db, this.engine, this.claims, this.blocks, clock)
   }
 
   async deposit (input: DepositInput): Promise<TransferResult> {
@@ -125,18 +127,28 @@ class SqliteLedger implements LedgerStore {
       timeoutAt: checkEpochMs('timeoutAt', input.timeoutAt),
       reference: checkText('reference', input.reference),
     }
+    const maxOpen = input.maxOpen === undefined ? undefined : checkPositiveInt('maxOpen', input.maxOpen)
+    const available = (): bigint => this.engine.balance(t.debitAccount).available
     try {
-      return this.tx(() => {
+      return this.tx((): ReserveResult => {
         const { id, ...fingerprint } = t
         const seen = this.engine.existing(id, fingerprint)
         if (seen) return { ok: true as const, ...seen }
-        if (t.timeoutAt! <= this.clock()) throw new LedgerArgumentInvalid('timeoutAt', 'is already past')
+        const now = this.clock()
+        if (t.timeoutAt! <= now) throw new LedgerArgumentInvalid('timeoutAt', 'is already past')
+        // Decided under the write lock, so a block or a concurrent reserve cannot slip in between.
+        if (this.blocks.get(t.debitAccount)) return { ok: false, code: 'account_blocked', available: available() }
+        if (maxOpen !== undefined) {
+          const open = this.reports.openReservations(t.debitAccount, now)
+          if (open >= maxOpen) return { ok: false, code: 'too_many_reservations', open, available: available() }
+        }
         // The CHECK on the payer's row decides affordability, atomically with the insert.
         return { ok: true as const, transfer: this.engine.append(t), duplicate: false }
       })
     } catch (err) {
+      if (isBlockedPayer(err)) return { ok: false, code: 'account_blocked', available: available() }
       if (!isNegativePayer(err)) throw err
-      return { ok: false, code: 'insufficient_credit', available: this.engine.balance(t.debitAccount).available }
+      return { ok: false, code: 'insufficient_credit', available: available() }
     }
   }
 
@@ -198,7 +210,8 @@ class SqliteLedger implements LedgerStore {
     const key = normalizeClaimKey(input)
     const requestId = checkId('requestId', input.requestId)
     const amount = checkAmount('amount', input.amount)
-    return this.claims.claim(key, requestId, amount)
+    const validBefore = input.validBefore === undefined ? null : checkUnixSeconds('validBefore', input.validBefore)
+    return this.claims.claim(key, requestId, amount, validBefore)
   }
 
   async updatePaymentClaim (key: PaymentClaimKey, update: PaymentClaimUpdate): Promise<PaymentClaim> {
@@ -220,6 +233,39 @@ class SqliteLedger implements LedgerStore {
     const account = assertPayerAccount(input.account)
     const amount = checkAmount('amount', input.amount)
     return this.tx(() => this.claims.settleAndDeposit(k, txHash, depositId, account, amount))
+  }
+
+  async provisionalDeposit (key: PaymentClaimKey, input: ProvisionalDepositInput): Promise<TransferResult> {
+    const k = normalizeClaimKey(key)
+    const depositId = checkId('depositId', input?.depositId)
+    const account = assertPayerAccount(input.account)
+    const amount = checkAmount('amount', input.amount)
+    return this.tx(() => this.provisional.deposit(k, depositId, account, amount))
+  }
+
+  async reverseProvisionalDeposit (key: PaymentClaimKey, input: ReverseProvisionalInput): Promise<ReverseProvisionalResult> {
+    const k = normalizeClaimKey(key)
+    const id = checkId('id', input?.id)
+    const reason = checkText('reason', input.reason)
+    const now = checkEpochMs('now', input.now)
+    return this.tx(() => this.provisional.reverse(k, id, reason, now))
+  }
+
+  async listPaymentClaims (input: ListPaymentClaimsInput): Promise<PaymentClaim[]> {
+    const q = checkListClaims(input)
+    return this.claims.list(q)
+  }
+
+  async blockAccount (account: string, reason: string, now: number): Promise<boolean> {
+    return this.blocks.block(assertPayerAccount(account), checkText('reason', reason), checkEpochMs('now', now))
+  }
+
+  async unblockAccount (account: string): Promise<boolean> {
+    return this.blocks.unblock(assertPayerAccount(account))
+  }
+
+  async accountBlock (account: string): Promise<AccountBlock | null> {
+    return this.blocks.get(checkId('account', account))
   }
 
   async putReceipt (receipt: Receipt): Promise<void> {
@@ -248,7 +294,4 @@ class SqliteLedger implements LedgerStore {
     if (problems.length > 0) throw new LedgerInvariantBroken(problems)
   }
 
-  async close (): Promise<void> {
-    if (this.db.open) this.db.close()
-  }
 }

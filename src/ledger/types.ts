@@ -3,6 +3,10 @@
 // nonce credits once) are enforced where the data lives, so two replicas sharing a store cannot
 // break them by racing. Amounts are bigint ledger units (see src/money.ts), never numbers.
 
+import type { LedgerAccessStore } from './types-access.ts'
+
+export type * from './types-access.ts'
+
 export type TransferKind = 'deposit' | 'grant' | 'clawback' | 'pending' | 'post' | 'void' | 'expire' | 'refund'
 export type PendingState = 'pending' | 'posted' | 'voided' | 'expired'
 /** Flat JSON only, so that idempotency can compare it canonically. */
@@ -42,14 +46,28 @@ export interface Balance {
 
 export interface DepositInput { id: string, account: string, amount: bigint, reference: string, meta?: TransferMeta }
 export interface GrantInput { id: string, account: string, amount: bigint, reason: string }
-export interface ReserveInput { id: string, account: string, amount: bigint, timeoutAt: number, reference: string }
+export interface ReserveInput {
+  id: string
+  account: string
+  amount: bigint
+  timeoutAt: number
+  reference: string
+  /**
+   * When set, refuse (too_many_reservations) if the account already holds this many open pending
+   * reservations whose timeoutAt is still in the future, counted in the reserve's own transaction.
+   */
+  maxOpen?: number
+}
 /** amount may be 0n (release everything, but record that the request was settled, not voided). */
 export interface PostInput { pendingId: string, id: string, amount: bigint }
 export interface VoidInput { pendingId: string, id: string, reason: string }
 
+/** Every failure carries the payer's available credit at the time of the refusal. */
 export type ReserveResult =
   | { ok: true, transfer: Transfer, duplicate: boolean }
   | { ok: false, code: 'insufficient_credit', available: bigint }
+  | { ok: false, code: 'too_many_reservations', open: number, available: bigint }
+  | { ok: false, code: 'account_blocked', available: bigint }
 
 /** The durable x402 replay key (PROTOCOLS.md §2); payer and nonce (and a hex asset) compare lowercased. */
 export interface PaymentClaimKey { network: string, asset: string, payer: string, nonce: string }
@@ -57,6 +75,8 @@ export interface PaymentClaimInput extends PaymentClaimKey {
   requestId: string
   /** Atomic units of the asset, as signed; not ledger units. */
   amount: bigint
+  /** Unix seconds: the EIP-3009 authorization's validBefore, for reconciliation. */
+  validBefore?: number
 }
 export type PaymentClaimStatus = 'claimed' | 'settling' | 'settled' | 'failed' | 'unknown'
 export interface PaymentClaim extends PaymentClaimKey {
@@ -65,10 +85,32 @@ export interface PaymentClaim extends PaymentClaimKey {
   status: PaymentClaimStatus
   txHash: string | null
   error: string | null
-  /** Set once, by settlePaymentAndDeposit; a claim with a deposit can never credit again. */
+  /**
+   * Set once, by settlePaymentAndDeposit or provisionalDeposit; a claim with a deposit can never
+   * credit again (not even after the provisional deposit was reversed).
+   */
   depositId: string | null
   createdAt: number
   updatedAt: number
+  /** Unix seconds, as given to claimPayment; null when it was not given. */
+  validBefore?: number | null
+  /** True when depositId was credited by provisionalDeposit (before the settlement confirmed). */
+  provisional?: boolean
+  /** Set once, by reverseProvisionalDeposit. */
+  reversal?: ProvisionalReversal | null
+}
+export interface ProvisionalReversal {
+  /** The id passed to reverseProvisionalDeposit (also the refund transfer's id when reversed > 0n). */
+  id: string
+  reversed: bigint
+  shortfall: bigint
+  at: number
+}
+export interface ListPaymentClaimsInput {
+  statuses: PaymentClaimStatus[]
+  /** Epoch ms: only claims last updated strictly before this. */
+  updatedBefore: number
+  limit: number
 }
 export type ClaimResult =
   | { claimed: true }
@@ -76,6 +118,14 @@ export type ClaimResult =
 /** Omitted fields are left unchanged. */
 export interface PaymentClaimUpdate { status: 'settling' | 'settled' | 'failed' | 'unknown', txHash?: string, error?: string }
 export interface SettleDepositInput { txHash: string, depositId: string, account: string, amount: bigint }
+export interface ProvisionalDepositInput { depositId: string, account: string, amount: bigint }
+export interface ReverseProvisionalInput { id: string, reason: string, now: number }
+export interface ReverseProvisionalResult {
+  /** Moved back from the payer to system:deposits (at most the payer's available credit). */
+  reversed: bigint
+  /** deposit - reversed: what the payer had already spent or reserved and could not be taken back. */
+  shortfall: bigint
+}
 
 export type ReceiptStatus = 'pending' | 'completed' | 'failed'
 export interface Receipt {
@@ -101,13 +151,19 @@ export interface Receipt {
 }
 export type ReceiptPatch = Partial<Omit<Receipt, 'id' | 'createdAt'>>
 
+export interface AccountBlock { reason: string, since: number }
+
 export interface LedgerTotals {
   /** Sum over accounts of credits_posted - debits_posted: 0n in a healthy ledger. */
   sumOfAllAccounts: bigint
   pendingCount: number
 }
 
-export interface LedgerStore {
+/**
+ * The whole store contract: the money operations below plus the access, idempotency and reporting
+ * records of LedgerAccessStore (types-access.ts). Implementations implement both, on one database.
+ */
+export interface LedgerStore extends LedgerAccessStore {
   /** system:deposits → payer. Idempotent on id; same id with other fields → TransferIdConflict. */
   deposit (input: DepositInput): Promise<TransferResult>
   /** system:grants → payer (free credit). Idempotent on id. */
@@ -117,6 +173,8 @@ export interface LedgerStore {
   /**
    * Pending payer → system:revenue, or insufficient_credit. timeoutAt must be in the future (else
    * LedgerArgumentInvalid). Idempotent on id (a repeat reports the transfer's current state).
+   * A new reservation is refused with account_blocked while the account is blocked, and with
+   * too_many_reservations when maxOpen is set and reached; both are decided in the same transaction.
    */
   reserve (input: ReserveInput): Promise<ReserveResult>
   /**
@@ -156,6 +214,36 @@ export interface LedgerStore {
   getReceipt (id: string): Promise<Receipt | null>
   /** A payer's receipts, most recent first. */
   receipts (payer: string, opts?: { limit?: number }): Promise<Receipt[]>
+
+  /**
+   * Provisional credit for optimistic settlement, in one transaction: posts the deposit (meta
+   * {provisional: true}) and links it to the claim, which stays (or becomes) 'settling'. The claim
+   * must be claimed, settling or unknown and have no deposit yet. Repeating the same depositId
+   * returns the deposit as a duplicate (PaymentClaimState once it was reversed); another depositId
+   * throws PaymentClaimSettled. A later settlePaymentAndDeposit with the same depositId (and
+   * account, amount) returns this deposit as a duplicate and marks the claim settled: the claim
+   * still credits only once. While open, updatePaymentClaim may move it between settling and
+   * unknown only (other statuses: PaymentClaimState).
+   */
+  provisionalDeposit (key: PaymentClaimKey, input: ProvisionalDepositInput): Promise<TransferResult>
+  /**
+   * The settlement behind a provisional deposit failed. In one transaction: moves
+   * min(deposit, payer available) back to system:deposits (kind 'refund', transfer id = input.id),
+   * marks the claim 'failed' (error = reason), and blocks the account (reason, since now) when
+   * anything was reversed or there is a shortfall. Never takes the payer below zero. Idempotent on
+   * id: a repeat returns the first result; another id on a reversed claim throws PaymentClaimState.
+   * Throws PaymentClaimState when the claim has no provisional deposit, PaymentClaimSettled when
+   * it already settled.
+   */
+  reverseProvisionalDeposit (key: PaymentClaimKey, input: ReverseProvisionalInput): Promise<ReverseProvisionalResult>
+  /** Oldest update first: the claims a reconciler should look at. */
+  listPaymentClaims (input: ListPaymentClaimsInput): Promise<PaymentClaim[]>
+
+  /** Blocks the payer's reserves until unblocked. Returns false (keeping the first reason) if already blocked. */
+  blockAccount (account: string, reason: string, now: number): Promise<boolean>
+  /** Returns false if the account was not blocked. */
+  unblockAccount (account: string): Promise<boolean>
+  accountBlock (account: string): Promise<AccountBlock | null>
 
   totals (): Promise<LedgerTotals>
   /** Throws LedgerInvariantBroken listing every broken invariant. */

@@ -1,5 +1,8 @@
 import { LedgerAmountInvalid, LedgerArgumentInvalid } from './errors.ts'
-import type { PaymentClaimKey, TransferMeta } from './types.ts'
+import type {
+  BeginIdempotentInput, CreateApiKeyInput, IdempotentKey, ListPaymentClaimsInput, PaymentClaimStatus, PaymentClaimKey,
+  StoredResponse, TransferMeta, UsageWindow,
+} from './types.ts'
 
 // Argument checks shared by every store. They reject malformed calls early with a typed error; the
 // money invariants themselves are enforced again by the store's schema, not trusted to this file.
@@ -79,4 +82,90 @@ export function normalizeClaimKey (key: PaymentClaimKey): PaymentClaimKey {
 
 export function claimKeyString (k: PaymentClaimKey): string {
   return `${k.network}/${k.asset}/${k.payer}/${k.nonce}`
+}
+
+/** A count or limit that must be a positive integer (maxPerAccount, maxOpen). */
+export function checkPositiveInt (field: string, value: unknown): number {
+  if (typeof value !== 'number' || !Number.isSafeInteger(value) || value < 1) {
+    throw new LedgerArgumentInvalid(field, 'must be a positive integer')
+  }
+  return value
+}
+
+export function checkOffset (value: unknown): number {
+  if (value === undefined) return 0
+  if (typeof value !== 'number' || !Number.isSafeInteger(value) || value < 0) {
+    throw new LedgerArgumentInvalid('offset', 'must be a non-negative integer')
+  }
+  return value
+}
+
+/** EIP-3009 validBefore, in unix seconds. */
+export function checkUnixSeconds (field: string, value: unknown): number {
+  if (typeof value !== 'number' || !Number.isSafeInteger(value) || value < 0) {
+    throw new LedgerArgumentInvalid(field, 'must be a non-negative integer of unix seconds')
+  }
+  return value
+}
+
+export function checkWindow (w: UsageWindow): UsageWindow {
+  const fromMs = checkEpochMs('fromMs', w?.fromMs)
+  const toMs = checkEpochMs('toMs', w.toMs)
+  if (toMs < fromMs) throw new LedgerArgumentInvalid('toMs', 'must not be before fromMs')
+  return { fromMs, toMs }
+}
+
+export const CLAIM_STATUSES: readonly PaymentClaimStatus[] = ['claimed', 'settling', 'settled', 'failed', 'unknown']
+
+export function checkListClaims (input: ListPaymentClaimsInput): ListPaymentClaimsInput {
+  const statuses = input?.statuses
+  if (!Array.isArray(statuses) || statuses.length === 0 || !statuses.every((x) => CLAIM_STATUSES.includes(x))) {
+    throw new LedgerArgumentInvalid('statuses', `must be a non-empty list of ${CLAIM_STATUSES.join(', ')}`)
+  }
+  return {
+    statuses: [...new Set(statuses)],
+    updatedBefore: checkEpochMs('updatedBefore', input.updatedBefore),
+    limit: checkLimit(input.limit),
+  }
+}
+
+export function checkApiKeyInput (input: CreateApiKeyInput): CreateApiKeyInput {
+  if (input?.name !== null && input?.name !== undefined) checkText('name', input.name)
+  return {
+    id: checkId('id', input.id),
+    account: input.account,
+    name: input.name ?? null,
+    prefix: checkId('prefix', input.prefix),
+    hash: checkId('hash', input.hash),
+    createdAt: checkEpochMs('createdAt', input.createdAt),
+    maxPerAccount: checkPositiveInt('maxPerAccount', input.maxPerAccount),
+  }
+}
+
+export function checkIdempotentKey (k: IdempotentKey): IdempotentKey {
+  return {
+    account: checkId('account', k?.account),
+    key: checkId('key', k.key),
+    ...(k.requestId === undefined ? {} : { requestId: checkId('requestId', k.requestId) }),
+  }
+}
+
+export function checkBeginIdempotent (input: BeginIdempotentInput): BeginIdempotentInput {
+  const { account, key } = checkIdempotentKey(input)
+  const now = checkEpochMs('now', input.now)
+  const expiresAt = checkEpochMs('expiresAt', input.expiresAt)
+  if (expiresAt <= now) throw new LedgerArgumentInvalid('expiresAt', 'must be after now')
+  return { account, key, bodyHash: checkId('bodyHash', input.bodyHash), requestId: checkId('requestId', input.requestId), now, expiresAt }
+}
+
+export function checkStoredResponse (r: StoredResponse): StoredResponse {
+  if (typeof r?.status !== 'number' || !Number.isInteger(r.status) || r.status < 100 || r.status > 599) {
+    throw new LedgerArgumentInvalid('response.status', 'must be an HTTP status code')
+  }
+  if (typeof r.headers !== 'object' || r.headers === null || Array.isArray(r.headers) ||
+    !Object.values(r.headers).every((v) => typeof v === 'string')) {
+    throw new LedgerArgumentInvalid('response.headers', 'must be an object of strings')
+  }
+  if (typeof r.body !== 'string') throw new LedgerArgumentInvalid('response.body', 'must be a string')
+  return { status: r.status, headers: { ...r.headers }, body: r.body }
 }
