@@ -34,6 +34,7 @@ const envSchema = z.object({
   SETTLEMENT_MODE: z.enum(['strict', 'optimistic']).default('strict'),
   TOPUP_AMOUNT: decimalAmount.default('1.00'),
   TOPUP_MAX_AMOUNT: decimalAmount.default('100.00'),
+  OPTIMISTIC_MAX_AMOUNT: decimalAmount.default('5.00'),
   UPSTREAM_URL: z.string().url().optional(),
   UPSTREAM_TEE_PUBLIC_KEY: z.string().optional(),
   UPSTREAM_TLS_CERT: z.string().optional(),
@@ -53,6 +54,9 @@ const envSchema = z.object({
   MAX_RESERVATION: decimalAmount.default('5.00'),
   RESERVATION_TIMEOUT_SECONDS: intFromEnv(900, 10, 86_400),
   LOG_PRETTY: boolFromEnv(false),
+  PUBLIC_URL: z.string().url().regex(/^https?:\/\/[^/?#]+\/?$/, 'expected an origin such as https://gateway.example.com').optional(),
+  METRICS_PORT: z.coerce.number().int().min(1).max(65535).optional(),
+  SHUTDOWN_GRACE_MS: intFromEnv(25_000, 0, 600_000),
 })
 
 export type Env = z.infer<typeof envSchema>
@@ -84,6 +88,8 @@ export interface GatewayConfig {
     settlementMode: 'strict' | 'optimistic'
     topupAtomic: bigint
     topupMaxAtomic: bigint
+    /** Optimistic mode serves before settlement only for payments up to this; larger ones settle first. */
+    optimisticMaxAtomic: bigint
   }
   upstream: {
     url?: string
@@ -102,6 +108,10 @@ export interface GatewayConfig {
   trustProxy: boolean | number | string
   logLevel: Env['LOG_LEVEL']
   logPretty: boolean
+  metricsPort?: number
+  /** The origin clients use. SIWX sign-ins are bound to it; without it SIWX is off (the Host header is attacker-chosen). */
+  publicUrl?: string
+  shutdownGraceMs: number
   limits: { bodyBytes: number, maxOutputTokens: number, maxReservation: bigint, reservationTimeoutMs: number }
 }
 
@@ -165,6 +175,7 @@ export function loadConfig (env: NodeJS.ProcessEnv | Record<string, string | und
   const topupMaxAtomic = amount('TOPUP_MAX_AMOUNT', e.TOPUP_MAX_AMOUNT, decimals)
   if (topupAtomic <= 0n) problem('TOPUP_AMOUNT', 'must be greater than zero')
   if (topupMaxAtomic < topupAtomic) problem('TOPUP_MAX_AMOUNT', 'must be at least TOPUP_AMOUNT')
+  const optimisticMaxAtomic = amount('OPTIMISTIC_MAX_AMOUNT', e.OPTIMISTIC_MAX_AMOUNT, decimals)
   const maxReservation = amount('MAX_RESERVATION', e.MAX_RESERVATION, 9)
 
   let teePublicKeyPem: string | undefined
@@ -210,6 +221,7 @@ export function loadConfig (env: NodeJS.ProcessEnv | Record<string, string | und
       settlementMode: e.SETTLEMENT_MODE,
       topupAtomic,
       topupMaxAtomic,
+      optimisticMaxAtomic,
     },
     upstream: {
       url: e.UPSTREAM_URL,
@@ -228,6 +240,9 @@ export function loadConfig (env: NodeJS.ProcessEnv | Record<string, string | und
     trustProxy: parseTrustProxy(e.TRUST_PROXY),
     logLevel: e.LOG_LEVEL,
     logPretty: e.LOG_PRETTY,
+    metricsPort: e.METRICS_PORT,
+    publicUrl: e.PUBLIC_URL?.replace(/\/$/, ''),
+    shutdownGraceMs: e.SHUTDOWN_GRACE_MS,
     limits: {
       bodyBytes: e.BODY_LIMIT_BYTES,
       maxOutputTokens: e.MAX_OUTPUT_TOKENS,

@@ -40,6 +40,7 @@ const app = await buildApp({ config, logger: { level: 'warn' } })
 await app.listen({ port: config.port, host: config.host })
 const addr = app.server.address()
 const base = `http://127.0.0.1:${typeof addr === 'object' && addr ? addr.port : config.port}`
+config.publicUrl = base // sign-ins are bound to the origin clients use
 
 let shuttingDown = false
 async function shutdown (code: number) {

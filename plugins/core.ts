@@ -7,6 +7,8 @@ import { PaymentService } from '../src/x402/payments.ts'
 import { UpstreamClient } from '../src/upstream/client.ts'
 import type { PriceTable } from '../src/pricing.ts'
 import { teeIdForPublicKey } from '../src/proof/verify.ts'
+import { createReconciler } from '../src/x402/reconcile.ts'
+import { toAsset } from '../src/metrics.ts'
 
 export interface CoreDeps {
   config: GatewayConfig
@@ -24,6 +26,8 @@ declare module 'fastify' {
     upstream: UpstreamClient
     prices: PriceTable
     clock: () => number
+    /** Decides payments whose settlement outcome is unknown; undefined without chain access. */
+    reconciler?: ReturnType<typeof createReconciler>
   }
 }
 
@@ -35,7 +39,11 @@ export default fp<CoreDeps>(async function corePlugin (app: FastifyInstance, dep
   app.decorate('ledger', deps.ledger)
   app.decorate('prices', deps.prices)
   app.decorate('clock', deps.clock)
-  app.decorate('payments', new PaymentService(config.x402, deps.facilitator, deps.ledger, app.log, () => Math.floor(deps.clock() / 1000)))
+  const m = app.metrics
+  app.decorate('payments', new PaymentService(config.x402, deps.facilitator, deps.ledger, app.log, () => Math.floor(deps.clock() / 1000), (result, units) => {
+    m.payments.inc({ result })
+    if (units !== undefined) m.deposits.inc(toAsset(units))
+  }))
   const pem = config.upstream.teePublicKeyPem!
   app.decorate('upstream', new UpstreamClient({
     url: config.upstream.url!,
@@ -52,10 +60,21 @@ export default fp<CoreDeps>(async function corePlugin (app: FastifyInstance, dep
   }, 60_000)
   sweep.unref()
 
+  const rpcUrl = config.x402.facilitator.kind === 'local' ? config.x402.facilitator.rpcUrl : config.x402.rpcUrl
+  if (rpcUrl && deps.facilitator.confirmTransfer) {
+    const reconciler = createReconciler({ cfg: config.x402, rpcUrl, ledger: deps.ledger, confirmTransfer: deps.facilitator.confirmTransfer, nowMs: deps.clock, log: app.log })
+    app.decorate('reconciler', reconciler)
+    reconciler.start(30_000)
+  } else {
+    app.log.warn('no RPC_URL: payments with an unknown settlement outcome cannot be reconciled automatically')
+  }
+
   app.addHook('onClose', async () => {
     clearInterval(sweep)
+    app.reconciler?.stop()
+    await app.payments.drain()
     await app.upstream.close()
     await deps.facilitator.close?.()
     await deps.ledger.close()
   })
-}, { name: 'core' })
+}, { name: 'core', dependencies: ['metrics'] })

@@ -13,6 +13,7 @@ export function toGatewayError (err: FastifyError | Error): GatewayError {
     case 'FST_ERR_CTP_EMPTY_JSON_BODY':
     case 'FST_ERR_CTP_INVALID_JSON_BODY': return new GatewayError('BAD_REQUEST_BODY', { reason: 'invalid_json' })
     case 'FST_ERR_CTP_INVALID_CONTENT_LENGTH': return new GatewayError('BAD_REQUEST_BODY', { reason: 'invalid_content_length' })
+    case 'OVERLOADED': return new GatewayError('OVERLOADED')
     case 'FST_ERR_VALIDATION': return new GatewayError('BAD_REQUEST_BODY', { reason: 'invalid_field', detail: e.message.slice(0, 200) })
   }
   if (e instanceof SyntaxError || (e.statusCode === 400)) return new GatewayError('BAD_REQUEST_BODY', { reason: 'invalid_json' })

@@ -2,12 +2,20 @@ import { randomUUID } from 'node:crypto'
 import { mkdirSync } from 'node:fs'
 import { dirname, resolve } from 'node:path'
 import { fileURLToPath } from 'node:url'
+import underPressure from '@fastify/under-pressure'
 import Fastify, { type FastifyInstance, type FastifyServerOptions } from 'fastify'
 import type { GatewayConfig } from '../config/schema.ts'
 import errorsPlugin from '../plugins/errors.ts'
+import metricsPlugin from '../plugins/metrics.ts'
+import { GatewayMetrics, instrumentLedger } from './metrics.ts'
 import corePlugin from '../plugins/core.ts'
 import chatRoutes from '../routes/chat.ts'
 import receiptRoutes from '../routes/receipts.ts'
+import keyRoutes from '../routes/keys.ts'
+import creditRoutes from '../routes/credits.ts'
+import adminRoutes from '../routes/admin.ts'
+import authPlugin from '../plugins/auth.ts'
+import paidPlugin from '../plugins/paid.ts'
 import modelRoutes from '../routes/models.ts'
 import healthRoutes from '../routes/health.ts'
 import type { LedgerStore } from './ledger/types.ts'
@@ -24,6 +32,9 @@ export interface AppOptions {
   prices?: PriceTable
   clock?: () => number
   logger?: FastifyServerOptions['logger']
+  metrics?: GatewayMetrics
+  /** Serve GET /metrics on this app (false when server.ts serves it on METRICS_PORT). */
+  serveMetrics?: boolean
 }
 
 // Secrets travel in these headers; they never reach a log line.
@@ -55,8 +66,11 @@ export async function buildApp (opts: AppOptions): Promise<FastifyInstance> {
   }
 
   app.addHook('onRequest', async (req, reply) => { reply.header('x-request-id', req.id) })
+  const metrics = opts.metrics ?? new GatewayMetrics()
+  ledger = instrumentLedger(ledger, metrics)
 
   await app.register(errorsPlugin)
+  await app.register(metricsPlugin, { metrics, serveRoute: opts.serveMetrics ?? true })
   await app.register(corePlugin, {
     config,
     ledger,
@@ -64,9 +78,22 @@ export async function buildApp (opts: AppOptions): Promise<FastifyInstance> {
     prices: opts.prices ?? loadPriceTable(config.pricingFile ?? EXAMPLE_PRICING),
     clock: opts.clock ?? Date.now,
   })
+  // Shed load before the event loop drowns: a 503 with Retry-After is better than a timeout.
+  await app.register(underPressure, {
+    maxEventLoopDelay: 1000,
+    maxEventLoopUtilization: 0.98,
+    retryAfter: 5,
+    exposeStatusRoute: false,
+    customError: class extends Error { statusCode = 503; code = 'OVERLOADED' },
+  })
+  await app.register(authPlugin)
+  await app.register(paidPlugin)
   await app.register(healthRoutes)
   await app.register(modelRoutes)
   await app.register(chatRoutes)
   await app.register(receiptRoutes)
+  await app.register(keyRoutes)
+  await app.register(creditRoutes)
+  await app.register(adminRoutes, { prefix: '/admin' })
   return app
 }

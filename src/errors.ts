@@ -17,6 +17,13 @@ export const ERRORS = {
   PAYMENT_SETTLEMENT_UNKNOWN: { status: 502, message: 'The payment settlement outcome is not known yet.', remedy: 'Do not pay again: the settlement is being reconciled and will be credited once if it landed. Retry in a minute.', type: 'api_error' },
   FACILITATOR_UNAVAILABLE: { status: 502, message: 'The payment facilitator could not be reached.', remedy: 'Retry shortly; your payment was not charged.', type: 'api_error' },
   INSUFFICIENT_CREDIT: { status: 402, message: 'Not enough credit for this request.', remedy: 'Top up with the payment offered in the PAYMENT-REQUIRED header.', type: 'payment_required' },
+  IDEMPOTENCY_CONFLICT: { status: 422, message: 'This Idempotency-Key was used with a different request body.', remedy: 'Use a new key for a different request, or resend the original body.', type: 'invalid_request_error' },
+  IDEMPOTENCY_IN_FLIGHT: { status: 409, message: 'A request with this Idempotency-Key is still running.', remedy: 'Wait for it to finish, then retry to receive its stored result.', type: 'invalid_request_error' },
+  TOO_MANY_RESERVATIONS: { status: 429, message: 'Too many requests of this payer are in flight.', remedy: 'Wait for running requests to finish, then retry.', type: 'rate_limit_error' },
+  ACCOUNT_BLOCKED: { status: 403, message: 'This account is blocked because a payment failed to settle after its credit was used.', remedy: 'Contact the operator to resolve the failed settlement.', type: 'permission_error' },
+  TOO_MANY_KEYS: { status: 409, message: 'This account has as many API keys as it may have.', remedy: 'Revoke an unused key (DELETE /v1/keys/:id) first.', type: 'invalid_request_error' },
+  TOPUP_AMOUNT_INVALID: { status: 400, message: 'The top-up amount is not valid.', remedy: 'Pass ?amount= as a decimal within the bounds in metadata (e.g. amount=5.00).', type: 'invalid_request_error' },
+  FORBIDDEN: { status: 403, message: 'Not allowed.', remedy: 'Use the admin token for admin routes.', type: 'permission_error' },
   UNAUTHORIZED: { status: 401, message: 'Missing or invalid credentials.', remedy: 'Send Authorization: Bearer <token>.', type: 'authentication_error' },
   NOT_FOUND: { status: 404, message: 'Not found.', remedy: 'Check the id; receipts are visible only to their payer.', type: 'invalid_request_error' },
   UPSTREAM_UNAVAILABLE: { status: 502, message: 'The verified inference backend could not be reached.', remedy: 'Retry shortly; you were not charged.', type: 'api_error' },
@@ -26,6 +33,7 @@ export const ERRORS = {
   UPSTREAM_BAD_RESPONSE: { status: 502, message: 'The verified inference backend sent a response that could not be read.', remedy: 'Retry; you were not charged.', type: 'api_error' },
   PROOF_UNVERIFIED: { status: 502, message: 'The answer\'s TEE proof did not verify, so it is withheld and not charged.', remedy: 'Retry; metadata.reason says which check failed.', type: 'api_error' },
   LEDGER_UNAVAILABLE: { status: 503, message: 'The credit ledger is unavailable.', remedy: 'Retry shortly; nothing was charged.', type: 'api_error' },
+  OVERLOADED: { status: 503, message: 'The gateway is overloaded.', remedy: 'Retry after the number of seconds in Retry-After; nothing was charged.', type: 'api_error' },
   INTERNAL: { status: 500, message: 'Internal error.', remedy: 'Retry; if it persists, report the X-Request-Id to the operator.', type: 'api_error' },
 } as const satisfies Record<string, ErrorSpec>
 

@@ -4,7 +4,7 @@ import t, { type Test } from 'tap'
 import { GatewayError } from '../src/errors.ts'
 import { UpstreamClient, type UpstreamTarget } from '../src/upstream/client.ts'
 import { EnclavePool, type EnclaveClient } from '../src/upstream/pool.ts'
-import { makeSigningKey } from './helpers/tls.ts'
+import { makeCert, makeSigningKey } from './helpers/tls.ts'
 
 const timeouts = { connectTimeoutMs: 1000, headersTimeoutMs: 400, bodyTimeoutMs: 400 }
 const { publicKeyPem } = makeSigningKey()
@@ -170,7 +170,7 @@ t.test('membership follows the registry list', async (t) => {
   t.same(pool.teeIds(), ['0xa'])
   t.same(closed, ['0xb'], 'a removed enclave is closed')
 
-  pool.update([{ ...a.target, tlsCertPem: 'rotated' }])
+  pool.update([{ ...a.target, tlsCertPem: makeCert().certPem }])
   t.equal(created.length, 3, 'a changed certificate gets a new client')
   t.same(closed, ['0xb', '0xa'])
 

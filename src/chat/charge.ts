@@ -6,11 +6,11 @@ import type { PreparedChat } from './prepare.ts'
 
 export interface Reservation { pendingId: string, account: string, amount: bigint, requestId: string }
 
-export async function reserveFor (ledger: LedgerStore, account: string, prepared: PreparedChat, requestId: string, timeoutAt: number): Promise<
-  { ok: true, reservation: Reservation } | { ok: false, available: bigint }> {
+export async function reserveFor (ledger: LedgerStore, account: string, prepared: PreparedChat, requestId: string, timeoutAt: number, maxOpen?: number): Promise<
+  { ok: true, reservation: Reservation } | { ok: false, code: string, available: bigint }> {
   const pendingId = `reserve:${requestId}`
-  const r = await ledger.reserve({ id: pendingId, account, amount: prepared.reservation, timeoutAt, reference: requestId })
-  if (!r.ok) return { ok: false, available: r.available }
+  const r = await ledger.reserve({ id: pendingId, account, amount: prepared.reservation, timeoutAt, reference: requestId, maxOpen })
+  if (!r.ok) return { ok: false, code: r.code, available: r.available }
   return { ok: true, reservation: { pendingId, account, amount: prepared.reservation, requestId } }
 }
 

@@ -14,6 +14,10 @@ export interface ForwardDeps {
   upstream: UpstreamClient
   teePublicKeyPem: string
   log: { warn (o: object, msg: string): void, error (o: object, msg: string): void }
+  /** Observability hooks; the engine reports, the caller decides what to record. */
+  onUpstreamHeaders? (seconds: number): void
+  onFirstContent? (seconds: number): void
+  onVerdict? (result: 'verified' | 'malformed' | 'tee_id' | 'request_hash' | 'output_hash' | 'signature'): void
 }
 
 export interface Verdict { verified: boolean, teeId?: string, step?: string, reason?: string }
@@ -46,14 +50,20 @@ export interface NonStreamResult {
   balance: bigint
   usage: { promptTokens: number, completionTokens: number }
   costUsd?: string
+  /** Time spent waiting on the upstream (headers and body), for the overhead metric. */
+  upstreamMs: number
 }
 
 export async function forwardNonStream (deps: ForwardDeps, prepared: PreparedChat, r: Reservation, signal: AbortSignal): Promise<NonStreamResult> {
   let bodyText: string
+  const started = performance.now()
+  let upstreamMs = 0
   try {
     const res = await deps.upstream.post('/v1/chat/completions', prepared.wireBody, signal)
+    deps.onUpstreamHeaders?.((performance.now() - started) / 1000)
     if (res.status !== 200) throw await upstreamFailure(res)
     bodyText = await res.body.text()
+    upstreamMs = performance.now() - started
   } catch (err) {
     await voidReservation(deps.ledger, r, 'upstream_failed')
     throw mapUpstreamError(err)
@@ -71,6 +81,7 @@ export async function forwardNonStream (deps: ForwardDeps, prepared: PreparedCha
   let outputCanonical: string
   try { outputCanonical = canonicalOutputOf(body) } catch { outputCanonical = '' }
   const verdict = verifyTeeProof({ requestHash: prepared.requestHash, outputCanonical, proof, trustedKey: deps.teePublicKeyPem })
+  deps.onVerdict?.(verdict.verified ? 'verified' : verdict.step)
   if (!verdict.verified) {
     await voidReservation(deps.ledger, r, 'proof_unverified')
     throw new GatewayError('PROOF_UNVERIFIED', { reason: verdict.step, detail: verdict.reason })
@@ -80,7 +91,7 @@ export async function forwardNonStream (deps: ForwardDeps, prepared: PreparedCha
   const charge = await postCharge(deps.ledger, r, prepared, {
     usage: body.usage as never, costUsd, outputChars: outputCanonical.length,
   })
-  return { bodyText, proof, verdict, charged: charge.amount, balance: charge.balance, usage: charge.usage, costUsd }
+  return { bodyText, proof, verdict, charged: charge.amount, balance: charge.balance, usage: charge.usage, costUsd, upstreamMs }
 }
 
 /** Where a stream is written; the route supplies it (Fastify's raw response), the engine stays framework-free. */
@@ -109,8 +120,10 @@ export interface StreamResult {
  */
 export async function forwardStream (deps: ForwardDeps, prepared: PreparedChat, r: Reservation, sink: StreamSink, headers: Record<string, string>, controller: AbortController): Promise<StreamResult> {
   let res: UpstreamResponse
+  const started = performance.now()
   try {
     res = await deps.upstream.post('/v1/chat/completions', prepared.wireBody, controller.signal)
+    deps.onUpstreamHeaders?.((performance.now() - started) / 1000)
     if (res.status !== 200) throw await upstreamFailure(res)
   } catch (err) {
     await voidReservation(deps.ledger, r, 'upstream_failed')
@@ -124,6 +137,7 @@ export async function forwardStream (deps: ForwardDeps, prepared: PreparedChat, 
   let finalFrame: Record<string, unknown> | undefined
   let inBandError: unknown
   let failed = false
+  let firstContentSent = false
 
   const handle = async (events: ReturnType<SseSplitter['push']>) => {
     for (const ev of events) {
@@ -136,7 +150,10 @@ export async function forwardStream (deps: ForwardDeps, prepared: PreparedChat, 
         acc.feed(obj)
         if (typeof obj.tee_signature === 'string') { finalFrame = obj; continue }
       }
-      if (!sink.closed) await sink.write(ev.raw)
+      if (!sink.closed) {
+        await sink.write(ev.raw)
+        if (!firstContentSent && obj) { firstContentSent = true; deps.onFirstContent?.((performance.now() - started) / 1000) }
+      }
     }
   }
 
@@ -155,6 +172,7 @@ export async function forwardStream (deps: ForwardDeps, prepared: PreparedChat, 
     // The client left: stop the backend and charge for what was generated so far (estimated
     // from the text sent, since usage only comes at the end).
     controller.abort()
+    sink.end()
     const c = await postCharge(deps.ledger, r, prepared, { outputChars: acc.outputChars, costUsd: undefined })
     return { verdict: { verified: false, reason: 'client_disconnected' }, charged: c.amount, balance: c.balance, usage: c.usage, outcome: 'client_disconnected' }
   }
@@ -170,6 +188,7 @@ export async function forwardStream (deps: ForwardDeps, prepared: PreparedChat, 
 
   const proof = proofOf(finalFrame)
   const verdict = verifyTeeProof({ requestHash: prepared.requestHash, outputCanonical: acc.canonicalOutput(), proof, trustedKey: deps.teePublicKeyPem })
+  deps.onVerdict?.(verdict.verified ? 'verified' : verdict.step)
   const og = acc.opengradient as { cost_usd?: unknown } | undefined
   const costUsd = og && (typeof og.cost_usd === 'string' || typeof og.cost_usd === 'number') ? String(og.cost_usd) : undefined
   let charged = 0n

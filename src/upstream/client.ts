@@ -1,3 +1,4 @@
+import { X509Certificate } from 'node:crypto'
 import { Pool, errors as undiciErrors } from 'undici'
 import type { Readable } from 'node:stream'
 import { GatewayError } from '../errors.ts'
@@ -37,7 +38,7 @@ export class UpstreamClient {
         timeout: timeouts.connectTimeoutMs,
         // Enclaves are reached by IP with a self-signed certificate: that certificate is the only
         // trust anchor, and verification stays on (hostname checks cannot apply to an IP).
-        ...(target.tlsCertPem ? { ca: target.tlsCertPem, rejectUnauthorized: true, checkServerIdentity: () => undefined } : {}),
+        ...(target.tlsCertPem ? pinnedTls(target.tlsCertPem) : {}),
       },
       headersTimeout: timeouts.headersTimeoutMs,
       bodyTimeout: timeouts.bodyTimeoutMs,
@@ -60,7 +61,35 @@ export class UpstreamClient {
     }
   }
 
-  close (): Promise<void> { return this.pool.close() }
+  /** The enclave answers GET /health (readiness); any 2xx counts. */
+  async health (): Promise<void> {
+    const res = await this.pool.request({ method: 'GET', path: this.base.pathname.replace(/\/$/, '') + '/health', headersTimeout: 2000, bodyTimeout: 2000 })
+    await res.body.dump()
+    if (res.statusCode >= 300) throw new Error(`upstream health ${res.statusCode}`)
+  }
+
+  /** Lets in-flight requests finish for up to `graceMs`, then tears down what is left. */
+  async close (graceMs = 2000): Promise<void> {
+    let timer: NodeJS.Timeout | undefined
+    const forced = new Promise<void>((resolve) => { timer = setTimeout(() => { this.pool.destroy().then(resolve, resolve) }, graceMs) })
+    await Promise.race([this.pool.close(), forced])
+    clearTimeout(timer)
+  }
+}
+
+/**
+ * The registered certificate is the only trust anchor, and the server must present exactly it:
+ * with `ca` alone, a registered certificate that happens to be a CA (openssl's default for
+ * self-signed) would also vouch for any certificate signed with its key.
+ */
+function pinnedTls (certPem: string) {
+  const pinned = new X509Certificate(certPem).fingerprint256
+  return {
+    ca: certPem,
+    rejectUnauthorized: true,
+    checkServerIdentity: (_host: string, cert: { fingerprint256?: string }) =>
+      cert.fingerprint256 === pinned ? undefined : new Error('enclave certificate does not match the registered one'),
+  }
 }
 
 /** Turns transport failures into typed gateway errors; `connection` tells retry logic no HTTP answer came. */

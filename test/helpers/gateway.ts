@@ -1,6 +1,7 @@
 import type { FastifyInstance } from 'fastify'
 import { privateKeyToAccount } from 'viem/accounts'
 import { x402Client } from '@x402/core/client'
+import { createSIWxClientExtension } from '@x402/extensions/sign-in-with-x'
 import { wrapFetchWithPayment } from '@x402/fetch'
 import { ExactEvmScheme } from '@x402/evm/exact/client'
 import { encodePaymentSignatureHeader, decodePaymentRequiredHeader } from '@x402/core/http'
@@ -25,7 +26,10 @@ export async function startGateway (stack: LocalStack, env: Record<string, strin
   await app.listen({ port: 0, host: '127.0.0.1' })
   const addr = app.server.address()
   const port = typeof addr === 'object' && addr ? addr.port : 0
-  return { app, url: `http://127.0.0.1:${port}`, config, close: () => app.close() }
+  const url = `http://127.0.0.1:${port}`
+  // The port is known only now; SIWX binds sign-ins to this origin (config is read per request).
+  if (!env.PUBLIC_URL) config.publicUrl = url
+  return { app, url, config, close: () => app.close() }
 }
 
 /** The official x402 client: @x402/fetch around fetch, signing with the exact EVM scheme. */
@@ -35,6 +39,13 @@ export function x402ClientFor (privateKey: `0x${string}`): x402Client {
 
 export function payingFetch (privateKey: `0x${string}`): typeof fetch {
   return wrapFetchWithPayment(fetch, x402ClientFor(privateKey)) as typeof fetch
+}
+
+/** The official client with the SIWX extension registered: signs in when it can, pays when it must. */
+export function siwxPayingFetch (privateKey: `0x${string}`): typeof fetch {
+  const account = privateKeyToAccount(privateKey)
+  const client = x402ClientFor(privateKey).registerExtension(createSIWxClientExtension({ signers: [account] }))
+  return wrapFetchWithPayment(fetch, client) as typeof fetch
 }
 
 /** Gets the 402 for `body` and signs one payment for it with the official client, without sending it. */
@@ -54,4 +65,15 @@ export async function withStack (t: { teardown (fn: () => unknown): void }, opts
   const stack = await startLocalStack(opts)
   t.teardown(() => stack.stop())
   return stack
+}
+
+/** Buys an API key with x402 (the route answers 402, the official client pays, the key comes back). */
+export async function buyApiKey (gw: TestGateway, privateKey: `0x${string}`, name = 'test'): Promise<string> {
+  const res = await payingFetch(privateKey)(`${gw.url}/v1/keys`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ name }) })
+  if (res.status !== 201) throw new Error(`buying a key failed: ${res.status} ${await res.text()}`)
+  return (await res.json()).key
+}
+
+export function postChat (gw: TestGateway, body: unknown, headers: Record<string, string> = {}): Promise<Response> {
+  return fetch(`${gw.url}/v1/chat/completions`, { method: 'POST', headers: { 'content-type': 'application/json', ...headers }, body: JSON.stringify(body) })
 }
