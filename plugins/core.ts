@@ -28,6 +28,10 @@ declare module 'fastify' {
     clock: () => number
     /** Decides payments whose settlement outcome is unknown; undefined without chain access. */
     reconciler?: ReturnType<typeof createReconciler>
+    /** Controllers of the streams being served, so a shutdown can cut them at the grace limit. */
+    openStreams: Set<AbortController>
+    /** Cuts every open stream: each voids its reservation and ends with an error frame and [DONE]. */
+    abortStreams (): number
   }
 }
 
@@ -39,6 +43,13 @@ export default fp<CoreDeps>(async function corePlugin (app: FastifyInstance, dep
   app.decorate('ledger', deps.ledger)
   app.decorate('prices', deps.prices)
   app.decorate('clock', deps.clock)
+  const openStreams = new Set<AbortController>()
+  app.decorate('openStreams', openStreams)
+  app.decorate('abortStreams', () => {
+    const n = openStreams.size
+    for (const c of openStreams) c.abort(new Error('shutdown'))
+    return n
+  })
   const m = app.metrics
   app.decorate('payments', new PaymentService(config.x402, deps.facilitator, deps.ledger, app.log, () => Math.floor(deps.clock() / 1000), (result, units) => {
     m.payments.inc({ result })

@@ -41,21 +41,8 @@ function idempotencyKeyOf (req: FastifyRequest): string | undefined {
   return undefined
 }
 
-declare module 'fastify' {
-  interface FastifyInstance {
-    /** Cuts every open stream (shutdown grace expired): each voids its reservation and ends cleanly. */
-    abortStreams (): number
-  }
-}
-
 export default async function chatRoutes (app: FastifyInstance) {
   const { config } = app
-  const openStreams = new Set<AbortController>()
-  app.decorate('abortStreams', () => {
-    for (const c of openStreams) c.abort(new Error('shutdown'))
-    return openStreams.size
-  })
-  app.decorate('openStreams', openStreams)
 
   app.post('/v1/chat/completions', { bodyLimit: config.limits.bodyBytes }, async (req, reply) => {
     const startedAt = performance.now()
@@ -143,7 +130,7 @@ async function serve (app: FastifyInstance, req: FastifyRequest, reply: FastifyR
   try {
     if (prepared.stream) {
       m.streamsInFlight.inc()
-      const open = (app as unknown as { openStreams: Set<AbortController> }).openStreams
+      const open = app.openStreams
       open.add(controller)
       try {
         return await streamAnswer(app, req, reply, prepared, r, payer, controller, deps)
@@ -217,8 +204,6 @@ async function streamAnswer (app: FastifyInstance, req: FastifyRequest, reply: F
   }
   const out = await forwardStream(deps, prepared, r, sink, paymentResponseHeaders(payer.payment), controller)
   recordUsage(app, prepared.model, out.charged, out.usage)
-  // Hijacked replies skip onResponse; count the stream here so request totals stay complete.
-  app.metrics.requests.inc({ route: '/v1/chat/completions', status_class: '2xx' })
   await app.ledger.updateReceipt(req.id, {
     status: out.outcome === 'completed' || out.outcome === 'client_disconnected' ? 'completed' : 'failed',
     promptTokens: out.usage?.promptTokens ?? 0, completionTokens: out.usage?.completionTokens ?? 0,
