@@ -43,6 +43,9 @@ const envSchema = z.object({
   UPSTREAM_BODY_TIMEOUT_MS: intFromEnv(120_000, 100, 900_000),
   OG_REGISTRY_RPC_URL: z.string().url().default('https://ogevmdevnet.opengradient.ai'),
   OG_REGISTRY_ADDRESS: address.default('0x703cB174AEadB35D611858369B4b1111dC9Abda6'),
+  OG_REGISTRY_REFRESH_SECONDS: intFromEnv(300, 5, 86_400),
+  OG_TEE_PCR_HASH: z.string().regex(/^(0x)?[0-9a-fA-F]{64}$/, 'expected a 32-byte hex pcrHash').optional(),
+  OG_TEE_ID: z.string().regex(/^(0x)?[0-9a-fA-F]{64}$/, 'expected a 32-byte hex TEE id').optional(),
   UPSTREAM_PAYER_PRIVATE_KEY: hexKey.optional(),
   UPSTREAM_SETTLEMENT_TYPE: z.enum(['private', 'batch', 'individual']).default('batch'),
   PRICING_FILE: z.string().optional(),
@@ -57,6 +60,8 @@ const envSchema = z.object({
   PUBLIC_URL: z.string().url().regex(/^https?:\/\/[^/?#]+\/?$/, 'expected an origin such as https://gateway.example.com').optional(),
   METRICS_PORT: z.coerce.number().int().min(1).max(65535).optional(),
   SHUTDOWN_GRACE_MS: intFromEnv(25_000, 0, 600_000),
+  VERIFY_BEFORE_EMIT: boolFromEnv(false),
+  LOAD_SHED_EVENT_LOOP_DELAY_MS: intFromEnv(1000, 0, 60_000),
 })
 
 export type Env = z.infer<typeof envSchema>
@@ -100,6 +105,9 @@ export interface GatewayConfig {
     bodyTimeoutMs: number
     registryRpcUrl: string
     registryAddress: `0x${string}`
+    registryRefreshMs: number
+    pinPcrHash?: string
+    pinTeeId?: string
     payerPrivateKey?: `0x${string}`
     settlementType: 'private' | 'batch' | 'individual'
   }
@@ -112,7 +120,9 @@ export interface GatewayConfig {
   /** The origin clients use. SIWX sign-ins are bound to it; without it SIWX is off (the Host header is attacker-chosen). */
   publicUrl?: string
   shutdownGraceMs: number
-  limits: { bodyBytes: number, maxOutputTokens: number, maxReservation: bigint, reservationTimeoutMs: number }
+  /** under-pressure: answer 503 when the event loop lags more than this (0 turns shedding off). */
+  loadShedEventLoopDelayMs: number
+  limits: { bodyBytes: number, maxOutputTokens: number, maxReservation: bigint, reservationTimeoutMs: number, verifyBeforeEmit: boolean }
 }
 
 /** Accepts PEM text, base64 DER (SPKI / certificate) or a path to a PEM file. */
@@ -186,9 +196,7 @@ export function loadConfig (env: NodeJS.ProcessEnv | Record<string, string | und
   if (e.UPSTREAM_TLS_CERT) {
     try { tlsCertPem = readPem(e.UPSTREAM_TLS_CERT, 'CERTIFICATE') } catch (err) { problem('UPSTREAM_TLS_CERT', (err as Error).message) }
   }
-  if (!e.UPSTREAM_URL) {
-    problem('UPSTREAM_URL', 'is required: registry discovery of enclaves is not implemented yet, so set a static upstream with UPSTREAM_URL and UPSTREAM_TEE_PUBLIC_KEY')
-  } else if (!teePublicKeyPem && !issues.some((i) => i.variable === 'UPSTREAM_TEE_PUBLIC_KEY')) {
+  if (e.UPSTREAM_URL && !teePublicKeyPem && !issues.some((i) => i.variable === 'UPSTREAM_TEE_PUBLIC_KEY')) {
     problem('UPSTREAM_TEE_PUBLIC_KEY', 'is required with UPSTREAM_URL: without the enclave key no proof can be verified')
   }
   if (e.PRICING_FILE && !existsSync(e.PRICING_FILE)) problem('PRICING_FILE', `file not found: ${e.PRICING_FILE}`)
@@ -232,6 +240,9 @@ export function loadConfig (env: NodeJS.ProcessEnv | Record<string, string | und
       bodyTimeoutMs: e.UPSTREAM_BODY_TIMEOUT_MS,
       registryRpcUrl: e.OG_REGISTRY_RPC_URL,
       registryAddress: e.OG_REGISTRY_ADDRESS as `0x${string}`,
+      registryRefreshMs: e.OG_REGISTRY_REFRESH_SECONDS * 1000,
+      pinPcrHash: e.OG_TEE_PCR_HASH,
+      pinTeeId: e.OG_TEE_ID,
       payerPrivateKey: e.UPSTREAM_PAYER_PRIVATE_KEY as `0x${string}` | undefined,
       settlementType: e.UPSTREAM_SETTLEMENT_TYPE,
     },
@@ -243,11 +254,13 @@ export function loadConfig (env: NodeJS.ProcessEnv | Record<string, string | und
     metricsPort: e.METRICS_PORT,
     publicUrl: e.PUBLIC_URL?.replace(/\/$/, ''),
     shutdownGraceMs: e.SHUTDOWN_GRACE_MS,
+    loadShedEventLoopDelayMs: e.LOAD_SHED_EVENT_LOOP_DELAY_MS,
     limits: {
       bodyBytes: e.BODY_LIMIT_BYTES,
       maxOutputTokens: e.MAX_OUTPUT_TOKENS,
       maxReservation,
       reservationTimeoutMs: e.RESERVATION_TIMEOUT_SECONDS * 1000,
+      verifyBeforeEmit: e.VERIFY_BEFORE_EMIT,
     },
   }
 }

@@ -4,7 +4,8 @@ import type { GatewayConfig } from '../config/schema.ts'
 import type { LedgerStore } from '../src/ledger/types.ts'
 import type { Facilitator } from '../src/x402/facilitator.ts'
 import { PaymentService } from '../src/x402/payments.ts'
-import { UpstreamClient } from '../src/upstream/client.ts'
+import { EnclavePool } from '../src/upstream/pool.ts'
+import { createRegistryDiscovery, enclaveTarget, type RegistryDiscovery } from '../src/upstream/registry.ts'
 import type { PriceTable } from '../src/pricing.ts'
 import { teeIdForPublicKey } from '../src/proof/verify.ts'
 import { createReconciler } from '../src/x402/reconcile.ts'
@@ -23,7 +24,10 @@ declare module 'fastify' {
     config: GatewayConfig
     ledger: LedgerStore
     payments: PaymentService
-    upstream: UpstreamClient
+    /** The TEE enclaves: one static upstream, or those the registry lists. */
+    enclaves: EnclavePool
+    /** Registry discovery, when UPSTREAM_URL is unset. */
+    discovery?: RegistryDiscovery
     prices: PriceTable
     clock: () => number
     /** Decides payments whose settlement outcome is unknown; undefined without chain access. */
@@ -55,13 +59,31 @@ export default fp<CoreDeps>(async function corePlugin (app: FastifyInstance, dep
     m.payments.inc({ result })
     if (units !== undefined) m.deposits.inc(toAsset(units))
   }))
-  const pem = config.upstream.teePublicKeyPem!
-  app.decorate('upstream', new UpstreamClient({
-    url: config.upstream.url!,
-    teeId: teeIdForPublicKey(pem),
-    publicKeyPem: pem,
-    tlsCertPem: config.upstream.tlsCertPem,
-  }, config.upstream))
+  const up = config.upstream
+  const enclaves = new EnclavePool({ timeouts: up, logger: app.log })
+  app.decorate('enclaves', enclaves)
+  if (up.url) {
+    const pem = up.teePublicKeyPem!
+    enclaves.update([{ url: up.url, teeId: teeIdForPublicKey(pem), publicKeyPem: pem, tlsCertPem: up.tlsCertPem }])
+  } else {
+    // Without a static upstream, the registry decides which enclaves exist and which key each one
+    // must sign with; its certificate is the only trust anchor for its connection.
+    const discovery = createRegistryDiscovery({
+      rpcUrl: up.registryRpcUrl,
+      registryAddress: up.registryAddress,
+      pinPcrHash: up.pinPcrHash as `0x${string}` | undefined,
+      pinTeeId: up.pinTeeId as `0x${string}` | undefined,
+      refreshMs: up.registryRefreshMs,
+      logger: app.log,
+      onChange: (list) => {
+        enclaves.update(list.map(enclaveTarget))
+        app.log.info({ enclaves: list.map((e) => ({ teeId: e.teeId, endpoint: e.endpoint })) }, 'enclave list updated')
+      },
+    })
+    app.decorate('discovery', discovery)
+    await discovery.start()
+    if (enclaves.size === 0) app.log.warn('registry discovery found no usable enclave yet; requests fail with upstream_unavailable until one appears')
+  }
 
   // A crash can leave reservations open; they are expired before the first request is served.
   const expired = await deps.ledger.expirePending(deps.clock())
@@ -84,7 +106,8 @@ export default fp<CoreDeps>(async function corePlugin (app: FastifyInstance, dep
     clearInterval(sweep)
     app.reconciler?.stop()
     await app.payments.drain()
-    await app.upstream.close()
+    app.discovery?.stop()
+    await app.enclaves.close()
     await deps.facilitator.close?.()
     await deps.ledger.close()
   })

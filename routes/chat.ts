@@ -46,7 +46,9 @@ export default async function chatRoutes (app: FastifyInstance) {
 
   app.post('/v1/chat/completions', { bodyLimit: config.limits.bodyBytes }, async (req, reply) => {
     const startedAt = performance.now()
-    const prepared = prepareChat(req.body, app.prices, config.limits)
+    // Per request (X-Verify-Before-Emit: true|false) or by default from VERIFY_BEFORE_EMIT.
+    const vbe = req.headers['x-verify-before-emit']
+    const prepared = prepareChat(req.body, app.prices, { ...config.limits, verifyBeforeEmit: vbe === 'true' || (vbe !== 'false' && config.limits.verifyBeforeEmit) })
     const requestId = req.id
     const offer = app.offerFor(prepared.reservation)
 
@@ -118,8 +120,7 @@ async function serve (app: FastifyInstance, req: FastifyRequest, reply: FastifyR
   const model = prepared.model
   const deps = {
     ledger: app.ledger,
-    upstream: app.upstream,
-    teePublicKeyPem: app.upstream.target.publicKeyPem,
+    enclaves: app.enclaves,
     log: req.log,
     onUpstreamHeaders: (s: number) => m.upstreamLatency.observe({ model }, s),
     onFirstContent: (s: number) => m.ttft.observe({ model }, s),

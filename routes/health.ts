@@ -55,7 +55,7 @@ export default async function healthRoutes (app: FastifyInstance) {
           if (Number(body.result) !== app.config.x402.chainId) throw new Error('wrong chain id')
         })
         : Promise.resolve(void (checks.chain_rpc = 'skipped')),
-      run('upstream', () => app.upstream.health()),
+      run('upstream', () => app.enclaves.pick().health()),
     ])
     const ok = Object.values(checks).every((v) => v !== 'failed')
     return reply.code(ok ? 200 : 503).send({ status: ok ? 'ready' : 'not_ready', checks })

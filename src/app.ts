@@ -80,8 +80,8 @@ export async function buildApp (opts: AppOptions): Promise<FastifyInstance> {
   })
   // Shed load before the event loop drowns: a 503 with Retry-After is better than a timeout.
   await app.register(underPressure, {
-    maxEventLoopDelay: 1000,
-    maxEventLoopUtilization: 0.98,
+    // Only lag, not utilisation: a busy loop that still answers promptly is doing its job.
+    maxEventLoopDelay: config.loadShedEventLoopDelayMs,
     retryAfter: 5,
     exposeStatusRoute: false,
     customError: class extends Error { statusCode = 503; code = 'OVERLOADED' },

@@ -36,6 +36,14 @@ t.test('defaults follow the configuration contract', async (t) => {
   t.equal(c.adminToken, undefined)
 })
 
+t.test('without UPSTREAM_URL the registry is used: OpenGradient\'s public values by default', async (t) => {
+  const c = loadConfig({ X402_PAY_TO: base.X402_PAY_TO })
+  t.equal(c.upstream.url, undefined)
+  t.equal(c.upstream.registryAddress, '0x703cB174AEadB35D611858369B4b1111dC9Abda6')
+  t.equal(c.upstream.registryRpcUrl, 'https://ogevmdevnet.opengradient.ai')
+  t.equal(c.upstream.registryRefreshMs, 300_000)
+})
+
 t.test('Base mainnet picks the USD Coin domain', async (t) => {
   const c = loadConfig({ ...base, X402_NETWORK: 'eip155:8453' })
   t.equal(c.x402.assetName, 'USD Coin')
@@ -58,7 +66,6 @@ t.test('every bad or missing variable is named', async (t) => {
     [{ ...base, ADMIN_TOKEN: 'short' }, 'ADMIN_TOKEN'],
     [{ ...base, X402_NETWORK: 'eip155:999', X402_PAY_TO: base.X402_PAY_TO }, 'X402_ASSET'],
     [{ ...base, X402_ASSET: '0x' + '11'.repeat(20) }, 'X402_ASSET_NAME'],
-    [{ ...base, UPSTREAM_URL: '' }, 'UPSTREAM_URL'],
     [{ ...base, UPSTREAM_TEE_PUBLIC_KEY: '' }, 'UPSTREAM_TEE_PUBLIC_KEY'],
     [{ ...base, UPSTREAM_TEE_PUBLIC_KEY: 'not a key' }, 'UPSTREAM_TEE_PUBLIC_KEY'],
     [{ ...base, DATABASE_URL: 'mysql://x' }, 'DATABASE_URL'],

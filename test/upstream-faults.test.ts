@@ -44,7 +44,7 @@ t.test('upstream failures and unverifiable answers cost nothing and return a cle
 
 t.test('an unreachable upstream is a 502 with no charge', async (t) => {
   const stack = await withStack(t)
-  const gw = await startGateway(stack, { UPSTREAM_URL: 'http://127.0.0.1:9' })
+  const gw = await startGateway(stack, { UPSTREAM_URL: 'http://127.0.0.1:9', UPSTREAM_TEE_PUBLIC_KEY: stack.backend.publicKeyPem })
   t.teardown(() => gw.close())
   const pay = payingFetch(stack.payer.privateKey)
   const res = await pay(`${gw.url}/v1/chat/completions`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify(chatBody()) })

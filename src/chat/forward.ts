@@ -3,7 +3,8 @@ import { GatewayError } from '../errors.ts'
 import type { LedgerStore } from '../ledger/types.ts'
 import { formatLedger } from '../money.ts'
 import { SseSplitter } from '../upstream/sse.ts'
-import { mapUpstreamError, type UpstreamClient, type UpstreamResponse } from '../upstream/client.ts'
+import { mapUpstreamError, type UpstreamResponse, type UpstreamTarget } from '../upstream/client.ts'
+import type { EnclavePool } from '../upstream/pool.ts'
 import { canonicalOutputOf, StreamAccumulator } from '../proof/output.ts'
 import { verifyTeeProof, type TeeProof } from '../proof/verify.ts'
 import type { PreparedChat } from './prepare.ts'
@@ -11,8 +12,8 @@ import { postCharge, voidReservation, type Reservation } from './charge.ts'
 
 export interface ForwardDeps {
   ledger: LedgerStore
-  upstream: UpstreamClient
-  teePublicKeyPem: string
+  /** The enclaves; a connection failure (no HTTP answer) is retried once on another. */
+  enclaves: Pick<EnclavePool, 'withFailover'>
   log: { warn (o: object, msg: string): void, error (o: object, msg: string): void }
   /** Observability hooks; the engine reports, the caller decides what to record. */
   onUpstreamHeaders? (seconds: number): void
@@ -29,6 +30,11 @@ function proofOf (o: Record<string, unknown>): TeeProof {
     tee_id: o.tee_id, tee_request_hash: o.tee_request_hash, tee_output_hash: o.tee_output_hash,
     tee_timestamp: o.tee_timestamp, tee_signature: o.tee_signature,
   } as TeeProof
+}
+
+/** Sends the body to an enclave; the answer's proof must then verify against that enclave's key. */
+async function send (deps: ForwardDeps, prepared: PreparedChat, signal: AbortSignal): Promise<{ res: UpstreamResponse, target: UpstreamTarget }> {
+  return deps.enclaves.withFailover(async (c) => ({ res: await c.post('/v1/chat/completions', prepared.wireBody, signal), target: c.target }))
 }
 
 /** Maps a non-200 upstream answer (PROTOCOLS.md §7 error shape) to a gateway error. */
@@ -56,10 +62,13 @@ export interface NonStreamResult {
 
 export async function forwardNonStream (deps: ForwardDeps, prepared: PreparedChat, r: Reservation, signal: AbortSignal): Promise<NonStreamResult> {
   let bodyText: string
+  let target: UpstreamTarget
   const started = performance.now()
   let upstreamMs = 0
   try {
-    const res = await deps.upstream.post('/v1/chat/completions', prepared.wireBody, signal)
+    const sent = await send(deps, prepared, signal)
+    const res = sent.res
+    target = sent.target
     deps.onUpstreamHeaders?.((performance.now() - started) / 1000)
     if (res.status !== 200) throw await upstreamFailure(res)
     bodyText = await res.body.text()
@@ -80,7 +89,7 @@ export async function forwardNonStream (deps: ForwardDeps, prepared: PreparedCha
   const proof = proofOf(body)
   let outputCanonical: string
   try { outputCanonical = canonicalOutputOf(body) } catch { outputCanonical = '' }
-  const verdict = verifyTeeProof({ requestHash: prepared.requestHash, outputCanonical, proof, trustedKey: deps.teePublicKeyPem })
+  const verdict = verifyTeeProof({ requestHash: prepared.requestHash, outputCanonical, proof, trustedKey: target.publicKeyPem, expectedTeeId: target.teeId })
   deps.onVerdict?.(verdict.verified ? 'verified' : verdict.step)
   if (!verdict.verified) {
     await voidReservation(deps.ledger, r, 'proof_unverified')
@@ -120,9 +129,10 @@ export interface StreamResult {
  */
 export async function forwardStream (deps: ForwardDeps, prepared: PreparedChat, r: Reservation, sink: StreamSink, headers: Record<string, string>, controller: AbortController): Promise<StreamResult> {
   let res: UpstreamResponse
+  let target: UpstreamTarget
   const started = performance.now()
   try {
-    res = await deps.upstream.post('/v1/chat/completions', prepared.wireBody, controller.signal)
+    ({ res, target } = await send(deps, prepared, controller.signal))
     deps.onUpstreamHeaders?.((performance.now() - started) / 1000)
     if (res.status !== 200) throw await upstreamFailure(res)
   } catch (err) {
@@ -138,6 +148,8 @@ export async function forwardStream (deps: ForwardDeps, prepared: PreparedChat, 
   let inBandError: unknown
   let failed = false
   let firstContentSent = false
+  // verify-before-emit: nothing of the answer is sent until its proof has verified.
+  const held: string[] | undefined = prepared.verifyBeforeEmit ? [] : undefined
 
   const handle = async (events: ReturnType<SseSplitter['push']>) => {
     for (const ev of events) {
@@ -150,6 +162,7 @@ export async function forwardStream (deps: ForwardDeps, prepared: PreparedChat, 
         acc.feed(obj)
         if (typeof obj.tee_signature === 'string') { finalFrame = obj; continue }
       }
+      if (held) { held.push(ev.raw); continue }
       if (!sink.closed) {
         await sink.write(ev.raw)
         if (!firstContentSent && obj) { firstContentSent = true; deps.onFirstContent?.((performance.now() - started) / 1000) }
@@ -187,7 +200,7 @@ export async function forwardStream (deps: ForwardDeps, prepared: PreparedChat, 
   }
 
   const proof = proofOf(finalFrame)
-  const verdict = verifyTeeProof({ requestHash: prepared.requestHash, outputCanonical: acc.canonicalOutput(), proof, trustedKey: deps.teePublicKeyPem })
+  const verdict = verifyTeeProof({ requestHash: prepared.requestHash, outputCanonical: acc.canonicalOutput(), proof, trustedKey: target.publicKeyPem, expectedTeeId: target.teeId })
   deps.onVerdict?.(verdict.verified ? 'verified' : verdict.step)
   const og = acc.opengradient as { cost_usd?: unknown } | undefined
   const costUsd = og && (typeof og.cost_usd === 'string' || typeof og.cost_usd === 'number') ? String(og.cost_usd) : undefined
@@ -207,7 +220,12 @@ export async function forwardStream (deps: ForwardDeps, prepared: PreparedChat, 
     charged: formatLedger(charged),
     balance: formatLedger(balance),
   }
-  await sink.write(`data: ${JSON.stringify({ ...finalFrame, x402_gateway: gw })}\n\n`)
+  if (held && verdict.verified) {
+    for (const raw of held) await sink.write(raw)
+  }
+  // Held and unverified: the answer is dropped; the client gets only the verdict (no content).
+  const final = held && !verdict.verified ? { error: { code: 'proof_unverified', message: 'The answer\'s proof did not verify; it was withheld and not charged.', type: 'api_error' } } : finalFrame
+  await sink.write(`data: ${JSON.stringify({ ...final, x402_gateway: gw })}\n\n`)
   await sink.write('data: [DONE]\n\n')
   sink.end()
   return { verdict, charged, balance, usage, proof, costUsd, outcome: verdict.verified ? 'completed' : 'unverified' }

@@ -26,9 +26,11 @@ export interface PreparedChat {
   promptBytes: number
   maxOutputTokens: number
   reservation: bigint
+  /** Streams: buffer the whole answer and send it only once its proof verified. */
+  verifyBeforeEmit: boolean
 }
 
-export interface PrepareLimits { maxOutputTokens: number, maxReservation: bigint }
+export interface PrepareLimits { maxOutputTokens: number, maxReservation: bigint, verifyBeforeEmit?: boolean }
 
 export function prepareChat (body: unknown, prices: PriceTable, limits: PrepareLimits): PreparedChat {
   const parsed = bodySchema.safeParse(body)
@@ -74,5 +76,6 @@ export function prepareChat (body: unknown, prices: PriceTable, limits: PrepareL
     promptBytes,
     maxOutputTokens,
     reservation: reservationFor(price, promptBytes, b.messages.length, maxOutputTokens, limits.maxReservation),
+    verifyBeforeEmit: limits.verifyBeforeEmit === true,
   }
 }

@@ -21,7 +21,8 @@ export interface TestGateway {
 
 /** Builds the real app on the stack's configuration and listens on a loopback port. */
 export async function startGateway (stack: LocalStack, env: Record<string, string> = {}, opts: Partial<AppOptions> = {}): Promise<TestGateway> {
-  const config = loadConfig(stack.gatewayEnv({ ADMIN_TOKEN, ...env }))
+  // Load shedding is off in tests: parallel test files on 2 cores lag the loop by design.
+  const config = loadConfig(stack.gatewayEnv({ ADMIN_TOKEN, LOAD_SHED_EVENT_LOOP_DELAY_MS: '0', ...env }))
   const app = await buildApp({ config, logger: false, ...opts })
   await app.listen({ port: 0, host: '127.0.0.1' })
   const addr = app.server.address()
