@@ -6,6 +6,7 @@ import { privateKeyToAccount } from 'viem/accounts'
 import { x402Client } from '@x402/core/client'
 import { wrapFetchWithPayment } from '@x402/fetch'
 import { ExactEvmScheme } from '@x402/evm/exact/client'
+import { createSIWxClientExtension } from '@x402/extensions/sign-in-with-x'
 import { decodePaymentRequiredHeader, decodePaymentResponseHeader } from '@x402/core/http'
 import { loadConfig } from '../config/schema.ts'
 import { buildApp } from '../src/app.ts'
@@ -36,7 +37,7 @@ const config = loadConfig(stack.gatewayEnv({
   HOST: '127.0.0.1',
   LOG_LEVEL: 'warn',
 }))
-const app = await buildApp({ config, logger: { level: 'warn' } })
+const app = await buildApp({ config, logger: { level: 'error' } })
 await app.listen({ port: config.port, host: config.host })
 const addr = app.server.address()
 const base = `http://127.0.0.1:${typeof addr === 'object' && addr ? addr.port : config.port}`
@@ -59,7 +60,9 @@ try {
   show('token (test USDC)', stack.token)
   show('payer wallet', stack.payer.address)
   show('operator payTo', stack.payTo.address)
-  show('TEE backend', `${stack.backend.url} tee_id ${stack.backend.teeId.slice(0, 18)}…`)
+  show('TEE registry', `${stack.registry} (enclaves are discovered from it)`)
+  show('TEE enclave', `${stack.backend.url} tee_id ${stack.backend.teeId.slice(0, 18)}… (pinned self-signed TLS)`)
+  show('discovered', [...app.enclaves.teeIds()].map((id) => id.slice(0, 18) + '…').join(', '))
   show('gateway', base)
 
   const body = { model: 'gpt-4.1', messages: [{ role: 'user', content: 'In one sentence: why verify inference?' }], max_tokens: 48 }
@@ -75,7 +78,9 @@ try {
   check(unpaid.status === 402 && offer !== undefined, '402 with an x402 v2 challenge')
 
   step(2, 'paid request (official @x402/fetch client signs the EIP-3009 authorization)')
-  const client = new x402Client().register('eip155:*', new ExactEvmScheme(privateKeyToAccount(stack.payer.privateKey)))
+  const account = privateKeyToAccount(stack.payer.privateKey)
+  // The official client with the SIWX extension: it pays the first time and signs in afterwards.
+  const client = new x402Client().register('eip155:*', new ExactEvmScheme(account)).registerExtension(createSIWxClientExtension({ signers: [account] }))
   const pay = wrapFetchWithPayment(fetch, client)
   const walletBefore = await balanceOf(stack.chain, stack.token, stack.payer.address)
   const paid = await post(pay, body)
@@ -97,7 +102,7 @@ try {
   check(paid.status === 200 && paid.headers.get('x-opengradient-verified') === 'true', 'verified, paid answer')
   check(receipt?.status === 'success', 'payment settled on the local chain')
 
-  step(3, 'streamed answer (a second payment; SSE passes through as generated)')
+  step(3, 'streamed answer, spending credit by SIGN-IN-WITH-X (no second payment; SSE passes through)')
   const started = performance.now()
   const streamed = await post(pay, { ...body, stream: true, max_tokens: 32 })
   show('status', `${streamed.status} ${streamed.headers.get('content-type')}`)
@@ -116,12 +121,15 @@ try {
   const final = frames.length >= 2 ? JSON.parse(frames[frames.length - 2]) : {}
   show('network reads', `${chunks} (first after ${firstAt.toFixed(0)} ms, all after ${(performance.now() - started).toFixed(0)} ms)`)
   show('x402_gateway', JSON.stringify(final.x402_gateway))
+  show('payment on this request', streamed.headers.get('payment-response') ? 'yes' : 'none (signed in, spent credit)')
   check(final.x402_gateway?.verified === true && frames[frames.length - 1] === '[DONE]', 'stream verified, charge in the final frame')
+  check(!streamed.headers.get('payment-response'), 'no second payment: the credit paid for it')
 
   step(4, 'ledger')
   const bal = await app.ledger.balance(payerAccount(stack.chain.chainId, stack.payer.address))
   const totals = await app.ledger.totals()
   show('payer credit', `${formatLedger(bal.available)} USDC (deposited ${formatLedger(bal.creditsPosted)}, spent ${formatLedger(bal.debitsPosted)})`)
+  show('payer wallet now', `${formatDecimal(await balanceOf(stack.chain, stack.token, stack.payer.address), 6)} USDC (one payment in all)`)
   show('open reservations', formatLedger(bal.debitsPending))
   show('sum of all accounts', `${totals.sumOfAllAccounts} (double entry: must be 0)`)
   check(totals.sumOfAllAccounts === 0n && bal.debitsPending === 0n, 'ledger balanced, nothing left reserved')
