@@ -61,6 +61,8 @@ const envSchema = z.object({
   METRICS_PORT: z.coerce.number().int().min(1).max(65535).optional(),
   SHUTDOWN_GRACE_MS: intFromEnv(25_000, 0, 600_000),
   VERIFY_BEFORE_EMIT: boolFromEnv(false),
+  RATE_LIMIT_PER_MINUTE: intFromEnv(0, 0, 1_000_000),
+  PAYER_RATE_LIMIT_PER_MINUTE: intFromEnv(0, 0, 1_000_000),
   LOAD_SHED_EVENT_LOOP_DELAY_MS: intFromEnv(1000, 0, 60_000),
 })
 
@@ -122,6 +124,10 @@ export interface GatewayConfig {
   shutdownGraceMs: number
   /** under-pressure: answer 503 when the event loop lags more than this (0 turns shedding off). */
   loadShedEventLoopDelayMs: number
+  /** Requests per minute per client IP (before authentication); 0 = off. */
+  rateLimitPerMinute: number
+  /** Paid requests per minute per payer (after identification); 0 = off. */
+  payerRateLimitPerMinute: number
   limits: { bodyBytes: number, maxOutputTokens: number, maxReservation: bigint, reservationTimeoutMs: number, verifyBeforeEmit: boolean }
 }
 
@@ -255,6 +261,8 @@ export function loadConfig (env: NodeJS.ProcessEnv | Record<string, string | und
     publicUrl: e.PUBLIC_URL?.replace(/\/$/, ''),
     shutdownGraceMs: e.SHUTDOWN_GRACE_MS,
     loadShedEventLoopDelayMs: e.LOAD_SHED_EVENT_LOOP_DELAY_MS,
+    rateLimitPerMinute: e.RATE_LIMIT_PER_MINUTE,
+    payerRateLimitPerMinute: e.PAYER_RATE_LIMIT_PER_MINUTE,
     limits: {
       bodyBytes: e.BODY_LIMIT_BYTES,
       maxOutputTokens: e.MAX_OUTPUT_TOKENS,

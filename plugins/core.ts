@@ -10,8 +10,10 @@ import type { PriceTable } from '../src/pricing.ts'
 import { teeIdForPublicKey } from '../src/proof/verify.ts'
 import { createReconciler } from '../src/x402/reconcile.ts'
 import { toAsset } from '../src/metrics.ts'
+import type { SharedState } from '../src/shared-state.ts'
 
 export interface CoreDeps {
+  shared: SharedState
   config: GatewayConfig
   ledger: LedgerStore
   facilitator: Facilitator
@@ -26,6 +28,8 @@ declare module 'fastify' {
     payments: PaymentService
     /** The TEE enclaves: one static upstream, or those the registry lists. */
     enclaves: EnclavePool
+    /** Counters and the replay cache shared by replicas (Redis with REDIS_URL). */
+    shared: SharedState
     /** Registry discovery, when UPSTREAM_URL is unset. */
     discovery?: RegistryDiscovery
     prices: PriceTable
@@ -55,7 +59,8 @@ export default fp<CoreDeps>(async function corePlugin (app: FastifyInstance, dep
     return n
   })
   const m = app.metrics
-  app.decorate('payments', new PaymentService(config.x402, deps.facilitator, deps.ledger, app.log, () => Math.floor(deps.clock() / 1000), (result, units) => {
+  app.decorate('shared', deps.shared)
+  app.decorate('payments', new PaymentService(config.x402, deps.facilitator, deps.ledger, app.log, () => Math.floor(deps.clock() / 1000), deps.shared, (result, units) => {
     m.payments.inc({ result })
     if (units !== undefined) m.deposits.inc(toAsset(units))
   }))
@@ -110,5 +115,6 @@ export default fp<CoreDeps>(async function corePlugin (app: FastifyInstance, dep
     await app.enclaves.close()
     await deps.facilitator.close?.()
     await deps.ledger.close()
+    await deps.shared.close()
   })
 }, { name: 'core', dependencies: ['metrics'] })

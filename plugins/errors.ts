@@ -1,11 +1,13 @@
 import fp from 'fastify-plugin'
 import type { FastifyError, FastifyInstance } from 'fastify'
 import { GatewayError } from '../src/errors.ts'
+import { SharedStateUnavailable } from '../src/shared-state.ts'
 
 // Every error leaves as the OpenAI error envelope with a stable code; nothing leaves as a bare 500
 // with a stack, and a 402 never leaves without its PAYMENT-REQUIRED header (routes attach it).
 export function toGatewayError (err: FastifyError | Error): GatewayError {
   if (err instanceof GatewayError) return err
+  if (err instanceof SharedStateUnavailable) return new GatewayError('SHARED_STATE_UNAVAILABLE')
   const e = err as FastifyError
   switch (e.code) {
     case 'FST_ERR_CTP_BODY_TOO_LARGE': return new GatewayError('BODY_TOO_LARGE')

@@ -75,6 +75,9 @@ export default fp(async function paidPlugin (app: FastifyInstance) {
     }
     try {
       const identity = await app.identify(req)
+      if (identity && config.payerRateLimitPerMinute > 0 && await app.shared.hit(`payer:${identity.account}`, 60_000) > config.payerRateLimitPerMinute) {
+        throw new GatewayError('RATE_LIMITED', { scope: 'payer', limit: config.payerRateLimitPerMinute })
+      }
       return identity ? { account: identity.account, identity } : undefined
     } catch (err) {
       // On a paid route a refused sign-in must be a 402: that is what makes an x402 client fall

@@ -3,6 +3,9 @@ import { mkdirSync } from 'node:fs'
 import { dirname, resolve } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import underPressure from '@fastify/under-pressure'
+import rateLimit from '@fastify/rate-limit'
+import { createRedisClient, memorySharedState, redisSharedState } from './shared-state.ts'
+import { GatewayError } from './errors.ts'
 import Fastify, { type FastifyInstance, type FastifyServerOptions } from 'fastify'
 import type { GatewayConfig } from '../config/schema.ts'
 import errorsPlugin from '../plugins/errors.ts'
@@ -71,7 +74,20 @@ export async function buildApp (opts: AppOptions): Promise<FastifyInstance> {
 
   await app.register(errorsPlugin)
   await app.register(metricsPlugin, { metrics, serveRoute: opts.serveMetrics ?? true })
+  const redis = config.redisUrl ? createRedisClient(config.redisUrl) : undefined
+  redis?.on('error', (err) => app.log.warn({ err: err.message }, 'redis error'))
+  // Per client IP, before any authentication; shared across replicas through Redis when set.
+  // A Redis outage does not open the money path: paid routes fail closed on the shared state below.
+  if (config.rateLimitPerMinute > 0) await app.register(rateLimit, {
+    max: config.rateLimitPerMinute,
+    timeWindow: 60_000,
+    skipOnError: true,
+    ...(redis ? { redis, nameSpace: 'gw:ip:' } : {}),
+    allowList: (req) => req.url.startsWith('/health/') || req.url === '/metrics',
+    errorResponseBuilder: (_req, ctx) => new GatewayError('RATE_LIMITED', { limit: ctx.max, retry_after: ctx.after }),
+  })
   await app.register(corePlugin, {
+    shared: redis ? redisSharedState(redis) : memorySharedState(),
     config,
     ledger,
     facilitator: opts.facilitator ?? createFacilitator(config.x402),

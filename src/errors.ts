@@ -33,6 +33,8 @@ export const ERRORS = {
   UPSTREAM_BAD_RESPONSE: { status: 502, message: 'The verified inference backend sent a response that could not be read.', remedy: 'Retry; you were not charged.', type: 'api_error' },
   PROOF_UNVERIFIED: { status: 502, message: 'The answer\'s TEE proof did not verify, so it is withheld and not charged.', remedy: 'Retry; metadata.reason says which check failed.', type: 'api_error' },
   LEDGER_UNAVAILABLE: { status: 503, message: 'The credit ledger is unavailable.', remedy: 'Retry shortly; nothing was charged.', type: 'api_error' },
+  RATE_LIMITED: { status: 429, message: 'Too many requests.', remedy: 'Slow down; retry after the number of seconds in Retry-After.', type: 'rate_limit_error' },
+  SHARED_STATE_UNAVAILABLE: { status: 503, message: 'The shared replay and rate-limit store is unavailable, so paid requests are refused.', remedy: 'Retry shortly; nothing was charged.', type: 'api_error' },
   OVERLOADED: { status: 503, message: 'The gateway is overloaded.', remedy: 'Retry after the number of seconds in Retry-After; nothing was charged.', type: 'api_error' },
   INTERNAL: { status: 500, message: 'Internal error.', remedy: 'Retry; if it persists, report the X-Request-Id to the operator.', type: 'api_error' },
 } as const satisfies Record<string, ErrorSpec>

@@ -6,7 +6,11 @@ import type { LedgerStore } from '../ledger/types.ts'
 import { payerAccount } from '../ledger/accounts.ts'
 import { decodePayment, type DecodeContext, type DecodedPayment } from './payment-header.ts'
 import type { Facilitator } from './facilitator.ts'
+import type { SharedState } from '../shared-state.ts'
 import type { X402Config } from './requirements.ts'
+
+const claimCacheKey = (k: { network: string, asset: string, payer: string, nonce: string }) =>
+  `${k.network}:${k.asset.toLowerCase()}:${k.payer.toLowerCase()}:${k.nonce.toLowerCase()}`
 
 /** One payment, one deposit id: the request path and the reconciler must agree on it. */
 export function depositIdFor (key: { network: string, asset: string, payer: string, nonce: string }): string {
@@ -38,6 +42,8 @@ export class PaymentService {
     private readonly ledger: LedgerStore,
     private readonly log: PaymentLogger,
     private readonly nowSeconds: () => number = () => Math.floor(Date.now() / 1000),
+    /** Fast replay cache shared by replicas (Redis); the durable claim stays the guarantee. */
+    private readonly shared?: SharedState,
     /** Outcome reporting for metrics; deposits carry their ledger units. */
     private readonly report: (result: 'verified' | 'invalid' | 'replayed' | 'settled' | 'failed' | 'unknown' | 'provisional', depositedUnits?: bigint) => void = () => undefined,
   ) {}
@@ -68,6 +74,7 @@ export class PaymentService {
 
     const claim = await this.ledger.claimPayment({ ...key, requestId: ctx.requestId, amount: decoded.amountAtomic, validBefore: Math.min(Number(decoded.authorization.validBefore), Number.MAX_SAFE_INTEGER) })
     this.report('verified')
+    if (claim.claimed) await this.shared?.markClaimed(claimCacheKey(key), 24 * 3600_000)
     if (!claim.claimed) {
       this.report('replayed')
       throw new GatewayError('PAYMENT_ALREADY_USED', { reason: 'payment_already_used', status: claim.existing.status })
@@ -162,6 +169,7 @@ export class PaymentService {
   }
 
   private async refuseIfClaimed (key: DecodedPayment['claimKey']): Promise<void> {
+    if (await this.shared?.isClaimed(claimCacheKey(key))) throw new GatewayError('PAYMENT_ALREADY_USED', { reason: 'payment_already_used' })
     const existing = await this.ledger.getPaymentClaim(key)
     if (existing) throw new GatewayError('PAYMENT_ALREADY_USED', { reason: 'payment_already_used', status: existing.status })
   }
