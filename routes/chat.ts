@@ -11,6 +11,7 @@ import { forwardNonStream, forwardStream, type StreamSink } from '../src/chat/fo
 import type { StoredResponse } from '../src/ledger/types.ts'
 import { paymentResponseHeaders, type Payer } from '../plugins/paid.ts'
 import { toAsset } from '../src/metrics.ts'
+import { chatSchema } from './schemas.ts'
 
 const DESCRIPTION = 'Verified (TEE) chat completion; the payment becomes credit, each request spends what it used'
 const IDEMPOTENCY_TTL_MS = 24 * 3600_000
@@ -44,7 +45,7 @@ function idempotencyKeyOf (req: FastifyRequest): string | undefined {
 export default async function chatRoutes (app: FastifyInstance) {
   const { config } = app
 
-  app.post('/v1/chat/completions', { bodyLimit: config.limits.bodyBytes }, async (req, reply) => {
+  app.post('/v1/chat/completions', { bodyLimit: config.limits.bodyBytes, schema: chatSchema }, async (req, reply) => {
     const startedAt = performance.now()
     // Per request (X-Verify-Before-Emit: true|false) or by default from VERIFY_BEFORE_EMIT.
     const vbe = req.headers['x-verify-before-emit']
@@ -76,7 +77,7 @@ export default async function chatRoutes (app: FastifyInstance) {
         return app.sendPaymentRequired(req, reply, { amountAtomic: offer, description: DESCRIPTION, err: new GatewayError('PAYMENT_ALREADY_USED', { reason: 'payment_already_used' }) })
       }
       if (begun.state === 'completed') {
-        return reply.code(begun.response.status).headers({ ...begun.response.headers, ...paymentResponseHeaders(payer.payment), 'idempotent-replayed': 'true' }).send(begun.response.body)
+        return reply.code(begun.response.status as 200).headers({ ...begun.response.headers, ...paymentResponseHeaders(payer.payment), 'idempotent-replayed': 'true' }).send(begun.response.body)
       }
     }
     try {

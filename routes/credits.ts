@@ -2,6 +2,7 @@ import type { FastifyInstance } from 'fastify'
 import { GatewayError } from '../src/errors.ts'
 import { formatDecimal, formatLedger, parseDecimal } from '../src/money.ts'
 import { paymentResponseHeaders } from '../plugins/paid.ts'
+import { payerReadSchema, topupSchema } from './schemas.ts'
 
 const DESCRIPTION = 'Credit top-up for verified inference; the whole payment becomes spendable credit'
 const DAY = 86_400_000
@@ -10,7 +11,7 @@ export default async function creditRoutes (app: FastifyInstance) {
   const { config } = app
   const decimals = config.x402.assetDecimals
 
-  app.post<{ Querystring: { amount?: string } }>('/v1/credits/topup', async (req, reply) => {
+  app.post<{ Querystring: { amount?: string } }>('/v1/credits/topup', { schema: topupSchema }, async (req, reply) => {
     const raw = req.query.amount ?? formatDecimal(config.x402.topupAtomic, decimals)
     let amount: bigint
     try { amount = parseDecimal(String(raw), decimals) } catch { amount = -1n }
@@ -38,7 +39,7 @@ export default async function creditRoutes (app: FastifyInstance) {
     })
   })
 
-  app.get('/v1/credits', async (req) => {
+  app.get('/v1/credits', { schema: payerReadSchema('Balance, open reservations and recent transfers', 'credits') }, async (req) => {
     const who = await app.requirePayer(req)
     const [balance, pending, transfers] = await Promise.all([
       app.ledger.balance(who.account),
@@ -64,7 +65,7 @@ export default async function creditRoutes (app: FastifyInstance) {
     }
   })
 
-  app.get<{ Querystring: { from?: string, to?: string, format?: string } }>('/v1/usage', async (req, reply) => {
+  app.get<{ Querystring: { from?: string, to?: string, format?: string } }>('/v1/usage', { schema: payerReadSchema('Per-day usage (JSON, or CSV with format=csv)', 'credits') }, async (req, reply) => {
     const who = await app.requirePayer(req)
     const { fromMs, toMs } = usageWindow(req.query, app.clock())
     const rows = await app.ledger.usageByDay(who.account, { fromMs, toMs })

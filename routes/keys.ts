@@ -3,6 +3,7 @@ import { z } from 'zod'
 import { GatewayError } from '../src/errors.ts'
 import { generateApiKey } from '../src/auth/keys.ts'
 import { paymentResponseHeaders } from '../plugins/paid.ts'
+import { keyCreateSchema, payerReadSchema } from './schemas.ts'
 
 const MAX_KEYS_PER_ACCOUNT = 20
 const createSchema = z.object({ name: z.string().min(1).max(64).optional() }).strict()
@@ -22,7 +23,7 @@ function view (k: { id: string, name: string | null, prefix: string, createdAt: 
 export default async function keyRoutes (app: FastifyInstance) {
   // Without credentials the route answers 402 for a top-up: an x402 client pays it and gets a key
   // and that much credit in one step ("an API key bought with x402").
-  app.post('/v1/keys', async (req, reply) => {
+  app.post('/v1/keys', { schema: keyCreateSchema }, async (req, reply) => {
     const description = 'API key for OpenAI-compatible clients, with the payment as its first credit'
     let payer
     try {
@@ -46,7 +47,7 @@ export default async function keyRoutes (app: FastifyInstance) {
     }
   })
 
-  app.get('/v1/keys', async (req) => {
+  app.get('/v1/keys', { schema: payerReadSchema('List your API keys (prefixes only)', 'keys') }, async (req) => {
     const who = await app.requirePayer(req)
     return { object: 'list', data: (await app.ledger.listApiKeys(who.account)).map(view) }
   })

@@ -10,6 +10,7 @@ import Fastify, { type FastifyInstance, type FastifyServerOptions } from 'fastif
 import type { GatewayConfig } from '../config/schema.ts'
 import errorsPlugin from '../plugins/errors.ts'
 import metricsPlugin from '../plugins/metrics.ts'
+import docsPlugin from '../plugins/docs.ts'
 import { GatewayMetrics, instrumentLedger } from './metrics.ts'
 import corePlugin from '../plugins/core.ts'
 import chatRoutes from '../routes/chat.ts'
@@ -104,6 +105,7 @@ export async function buildApp (opts: AppOptions): Promise<FastifyInstance> {
   })
   await app.register(authPlugin)
   await app.register(paidPlugin)
+  await app.register(docsPlugin)
   await app.register(healthRoutes)
   await app.register(modelRoutes)
   await app.register(chatRoutes)
