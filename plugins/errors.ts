@@ -25,12 +25,21 @@ export function toGatewayError (err: FastifyError | Error): GatewayError {
   return new GatewayError('INTERNAL')
 }
 
+const RETRY_AFTER_SECONDS: Partial<Record<string, number>> = {
+  UPSTREAM_UNAVAILABLE: 2, UPSTREAM_ERROR: 2, UPSTREAM_TIMEOUT: 5, FACILITATOR_UNAVAILABLE: 5,
+  SHARED_STATE_UNAVAILABLE: 5, LEDGER_UNAVAILABLE: 5, OVERLOADED: 5, PAYMENT_SETTLEMENT_UNKNOWN: 30,
+}
+
 export default fp(async function errorsPlugin (app: FastifyInstance) {
   app.setErrorHandler((err: FastifyError, req, reply) => {
     const g = toGatewayError(err)
     if (g.status >= 500) req.log.error({ err }, 'request failed')
     else req.log.info({ code: g.code }, 'request refused')
     if (g.status === 402) reply.header('cache-control', 'no-store')
+    // Transient upstream or dependency trouble: tell clients (and SDK retry logic) when to retry.
+    if (RETRY_AFTER_SECONDS[g.code] !== undefined && g.metadata.retryable !== false && !reply.hasHeader('retry-after')) {
+      reply.header('retry-after', String(RETRY_AFTER_SECONDS[g.code]))
+    }
     reply.code(g.status).send(g.toBody())
   })
   app.setNotFoundHandler((req, reply) => {

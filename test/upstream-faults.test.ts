@@ -30,6 +30,8 @@ t.test('upstream failures and unverifiable answers cost nothing and return a cle
     t.equal(res.status, c.status, `${c.fault.kind}: status`)
     t.equal(json.error?.code, c.code, `${c.fault.kind}: code`)
     t.type(json.error?.metadata?.remedy, 'string')
+    // The backend marks its own 500 as not retryable; provider trouble (502/503/504, hang) is.
+    if (c.code !== 'proof_unverified' && c.fault.kind !== 'http_500') t.match(res.headers.get('retry-after'), /^\d+$/, `${c.fault.kind}: Retry-After`)
     t.ok(res.headers.get('payment-response'), `${c.fault.kind}: the payment still settled and is credit`)
     const bal = await gw.app.ledger.balance(account)
     t.equal(bal.available, deposits, `${c.fault.kind}: nothing charged`)
