@@ -65,14 +65,23 @@ export function prepareChat (body: unknown, prices: PriceTable, limits: PrepareL
     delete wire.stream
     delete wire.stream_options
   }
-  const wireBody = serializeWireBody(wire)
+  let wireBody: string
+  let hash: string
+  try {
+    wireBody = serializeWireBody(wire)
+    hash = requestHash(wire)
+  } catch (err) {
+    // Non-finite numbers (1e309 parses as Infinity) or nesting past the canonical JSON depth
+    // limit cannot be hashed as the enclave would: bad input, not our fault.
+    throw new GatewayError('BAD_REQUEST_BODY', { reason: 'unhashable_value', detail: (err as Error).message.slice(0, 200) })
+  }
   const promptBytes = Buffer.byteLength(wireBody)
   return {
     model: b.model,
     price,
     stream,
     wireBody,
-    requestHash: requestHash(wire),
+    requestHash: hash,
     promptBytes,
     maxOutputTokens,
     reservation: reservationFor(price, promptBytes, b.messages.length, maxOutputTokens, limits.maxReservation),
