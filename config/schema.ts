@@ -210,7 +210,6 @@ export function loadConfig (env: NodeJS.ProcessEnv | Record<string, string | und
   const database: GatewayConfig['database'] = e.DATABASE_URL.startsWith('sqlite:')
     ? { kind: 'sqlite', path: e.DATABASE_URL.slice('sqlite:'.length) }
     : { kind: 'postgres', url: e.DATABASE_URL }
-  if (database.kind === 'postgres') problem('DATABASE_URL', 'PostgreSQL is not supported yet; use sqlite:<path>')
   if (database.kind === 'sqlite' && database.path === '') problem('DATABASE_URL', 'sqlite: needs a file path (or :memory:)')
 
   if (issues.length > 0) throw new ConfigError(issues)

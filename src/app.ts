@@ -24,6 +24,7 @@ import modelRoutes from '../routes/models.ts'
 import healthRoutes from '../routes/health.ts'
 import type { LedgerStore } from './ledger/types.ts'
 import { openSqliteLedger } from './ledger/sqlite.ts'
+import { openPostgresLedger } from './ledger/postgres.ts'
 import { createFacilitator, type Facilitator } from './x402/facilitator.ts'
 import { loadPriceTable, type PriceTable } from './pricing.ts'
 
@@ -64,9 +65,13 @@ export async function buildApp (opts: AppOptions): Promise<FastifyInstance> {
 
   let ledger = opts.ledger
   if (!ledger) {
-    if (config.database.kind !== 'sqlite') throw new Error('only sqlite ledgers are supported')
-    if (config.database.path !== ':memory:') mkdirSync(dirname(resolve(config.database.path)), { recursive: true })
-    ledger = await openSqliteLedger(config.database.path)
+    if (config.database.kind === 'postgres') {
+      // Many replicas, one ledger: the same interface and invariants, enforced in PostgreSQL.
+      ledger = await openPostgresLedger(config.database.url)
+    } else {
+      if (config.database.path !== ':memory:') mkdirSync(dirname(resolve(config.database.path)), { recursive: true })
+      ledger = await openSqliteLedger(config.database.path)
+    }
   }
 
   app.addHook('onRequest', async (req, reply) => { reply.header('x-request-id', req.id) })

@@ -69,6 +69,7 @@ t.test('every bad or missing variable is named', async (t) => {
     [{ ...base, UPSTREAM_TEE_PUBLIC_KEY: '' }, 'UPSTREAM_TEE_PUBLIC_KEY'],
     [{ ...base, UPSTREAM_TEE_PUBLIC_KEY: 'not a key' }, 'UPSTREAM_TEE_PUBLIC_KEY'],
     [{ ...base, DATABASE_URL: 'mysql://x' }, 'DATABASE_URL'],
+    [{ ...base, DATABASE_URL: 'sqlite:' }, 'DATABASE_URL'],
     [{ ...base, LOG_LEVEL: 'loud' }, 'LOG_LEVEL'],
     [{ ...base, PRICING_FILE: '/nonexistent/prices.json' }, 'PRICING_FILE'],
   ]

@@ -5,7 +5,7 @@ import { withStack, startGateway, chatBody, signPaymentFor, postChat, payingFetc
 
 t.test('Redis shared by replicas: IP rate limit, replay cache across replicas, fail closed when down', async (t) => {
   const redis = await startTestRedis()
-  if (!redis) { t.skip('redis-server is not installed (CI installs it)'); return }
+  if (!redis) { t.plan(0, 'skip: redis-server is not installed (CI installs it and fails without it)'); return }
   t.teardown(() => redis.stop())
   const stack = await withStack(t)
   const env = { REDIS_URL: redis.url }
