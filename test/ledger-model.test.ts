@@ -1,11 +1,12 @@
 import t, { type Test } from 'tap'
-import { openSqliteLedger } from '../src/ledger/sqlite.ts'
 import { payerAccount } from '../src/ledger/accounts.ts'
 import type { LedgerStore } from '../src/ledger/types.ts'
+import { forEachStore, type StoreFixture } from './helpers/ledger-stores.ts'
 
 // Model-based test in the TigerBeetle manner: random operation sequences run against the real store
 // and against a few lines of reference model; every answer and every balance must agree, and the
-// ledger must sum to zero and pass its own audit at the end.
+// ledger must sum to zero and pass its own audit at the end. Both stores run the same seeds; the
+// PostgreSQL runs are shorter (every step is a few network round trips).
 
 const T0 = 1_700_000_000_000
 const payers = [1, 2, 3].map((i) => payerAccount(8453, '0x' + String(i).repeat(40)))
@@ -44,10 +45,10 @@ async function codeOf (p: Promise<unknown>): Promise<string> {
   }
 }
 
-async function run (t: Test, seed: number, steps: number): Promise<void> {
+async function run (t: Test, store: StoreFixture, seed: number, steps: number): Promise<void> {
   const r = prng(seed)
   const clock = { now: T0 }
-  const ledger: LedgerStore = await openSqliteLedger(':memory:', { clock: () => clock.now })
+  const ledger: LedgerStore = await store.open(t, { clock: () => clock.now })
   const m = new Model()
   const done: Array<() => Promise<boolean>> = []
   let n = 0
@@ -124,9 +125,11 @@ async function run (t: Test, seed: number, steps: number): Promise<void> {
   const open = [...m.pendings.values()].filter((p) => p.state === 'pending').length
   t.same(await ledger.totals(), { sumOfAllAccounts: 0n, pendingCount: open }, `seed ${seed} totals`)
   await t.resolves(ledger.checkInvariants(), `seed ${seed} audit`)
-  await ledger.close()
 }
 
-for (const seed of [1, 2, 3, 42, 2024]) {
-  t.test(`random sequence, seed ${seed}`, (t) => run(t, seed, 400))
-}
+forEachStore(t, (t, store) => {
+  for (const seed of [1, 2, 3, 42, 2024]) {
+    const steps = store.kind === 'sqlite' ? 400 : 150
+    t.test(`random sequence, seed ${seed}, ${steps} steps`, (t) => run(t, store, seed, steps))
+  }
+})

@@ -1,0 +1,87 @@
+import type pg from 'pg'
+import { big, type Db, num, q } from './postgres-db.ts'
+import type { LedgerTotals } from './types.ts'
+
+// The independent audit of sqlite-audit.ts, on PostgreSQL: every balance is recomputed from the
+// transfers themselves (not from the trigger's running totals), inside one snapshot.
+
+const SUMS = `SELECT coalesce(sum(credits_posted - debits_posted), 0) AS posted,
+  coalesce(sum(credits_pending - debits_pending), 0) AS pending FROM accounts`
+
+const NEGATIVE_PAYERS = `SELECT id FROM accounts
+  WHERE substr(id, 1, 7) <> 'system:' AND credits_posted - debits_posted - debits_pending < 0 LIMIT 20`
+
+const DRIFTED_ACCOUNTS = `
+WITH legs AS (
+  SELECT debit_account AS account,
+    CASE WHEN kind IN ('pending', 'void', 'expire') THEN 0 ELSE amount END AS dp, 0 AS cp,
+    CASE WHEN kind = 'pending' AND state = 'pending' THEN amount ELSE 0 END AS dpend, 0 AS cpend
+  FROM transfers
+  UNION ALL
+  SELECT credit_account, 0, CASE WHEN kind IN ('pending', 'void', 'expire') THEN 0 ELSE amount END,
+    0, CASE WHEN kind = 'pending' AND state = 'pending' THEN amount ELSE 0 END
+  FROM transfers
+), sums AS (
+  SELECT account, sum(dp) AS dp, sum(cp) AS cp, sum(dpend) AS dpend, sum(cpend) AS cpend FROM legs GROUP BY account
+)
+(SELECT a.id FROM accounts a LEFT JOIN sums s ON s.account = a.id
+WHERE a.debits_posted <> coalesce(s.dp, 0) OR a.credits_posted <> coalesce(s.cp, 0)
+  OR a.debits_pending <> coalesce(s.dpend, 0) OR a.credits_pending <> coalesce(s.cpend, 0)
+UNION ALL
+SELECT s.account FROM sums s LEFT JOIN accounts a ON a.id = s.account WHERE a.id IS NULL)
+LIMIT 20`
+
+const BAD_RESOLUTIONS = `
+(SELECT p.id FROM transfers p LEFT JOIN transfers r ON r.pending_id = p.id
+WHERE p.kind = 'pending' AND (
+  (p.state = 'pending') <> (r.id IS NULL)
+  OR (r.id IS NOT NULL AND (p.state <> CASE r.kind WHEN 'post' THEN 'posted' WHEN 'void' THEN 'voided' WHEN 'expire' THEN 'expired' END
+    OR r.amount > p.amount OR r.debit_account <> p.debit_account OR r.credit_account <> p.credit_account)))
+UNION ALL
+SELECT pending_id FROM transfers WHERE pending_id IS NOT NULL GROUP BY pending_id HAVING count(*) > 1
+UNION ALL
+SELECT r.id FROM transfers r LEFT JOIN transfers p ON p.id = r.pending_id
+WHERE r.pending_id IS NOT NULL AND (p.id IS NULL OR p.kind <> 'pending'))
+LIMIT 20`
+
+// A claim's deposit must exist; it is settled, or provisional and either still open or reversed. A
+// reversal must add up to the deposit and, when it took anything back, match its refund transfer.
+const BAD_CLAIMS = `
+SELECT c.network || '/' || c.payer || '/' || c.nonce AS k FROM payment_claims c LEFT JOIN transfers t ON t.id = c.deposit_id
+WHERE (c.deposit_id IS NOT NULL AND (t.id IS NULL OR t.kind <> 'deposit' OR NOT (c.status = 'settled'
+    OR (c.provisional AND c.reversal_id IS NULL AND c.status IN ('settling', 'unknown'))
+    OR (c.provisional AND c.reversal_id IS NOT NULL AND c.status = 'failed'))))
+  OR (c.reversal_id IS NOT NULL AND (t.id IS NULL OR c.reversed_amount + c.shortfall <> t.amount
+    OR (c.reversed_amount > 0 AND NOT EXISTS (SELECT 1 FROM transfers r WHERE r.id = c.reversal_id AND r.kind = 'refund'
+      AND r.amount = c.reversed_amount AND r.debit_account = t.credit_account AND r.credit_account = 'system:deposits'))))
+LIMIT 20`
+
+const CHECKS: Array<[string, string]> = [
+  ['payer accounts below zero', NEGATIVE_PAYERS],
+  ['account columns differ from their transfers', DRIFTED_ACCOUNTS],
+  ['pending transfers resolved other than exactly once', BAD_RESOLUTIONS],
+  ['payment claims with an invalid deposit', BAD_CLAIMS],
+]
+
+export class PgAudit {
+  /** One statement, so one snapshot. */
+  async totals (db: Db): Promise<LedgerTotals> {
+    const r = await q<{ posted: string, n: string }>(db, `SELECT
+      (SELECT coalesce(sum(credits_posted - debits_posted), 0) FROM accounts) AS posted,
+      (SELECT count(*) FROM transfers WHERE state = 'pending') AS n`)
+    return { sumOfAllAccounts: big(r.rows[0].posted), pendingCount: num(r.rows[0].n) }
+  }
+
+  /** Run inside a REPEATABLE READ transaction (the caller's), so every check reads the same snapshot. */
+  async problems (c: pg.PoolClient): Promise<string[]> {
+    const out: string[] = []
+    const s = (await q<{ posted: string, pending: string }>(c, SUMS)).rows[0]
+    if (big(s.posted) !== 0n) out.push(`posted balances sum to ${s.posted}, not 0`)
+    if (big(s.pending) !== 0n) out.push(`pending balances sum to ${s.pending}, not 0`)
+    for (const [what, sql] of CHECKS) {
+      const ids = (await q<Record<string, string>>(c, sql)).rows.map((row) => Object.values(row)[0])
+      if (ids.length > 0) out.push(`${what}: ${ids.map(String).join(', ')}`)
+    }
+    return out
+  }
+}
