@@ -1,5 +1,7 @@
 import fp from 'fastify-plugin'
-import type { FastifyError, FastifyInstance } from 'fastify'
+import { STATUS_CODES } from 'node:http'
+import type { Socket } from 'node:net'
+import type { FastifyError, FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
 import { GatewayError } from '../src/errors.ts'
 import { SharedStateUnavailable } from '../src/shared-state.ts'
 
@@ -46,3 +48,29 @@ export default fp(async function errorsPlugin (app: FastifyInstance) {
     reply.code(404).send(new GatewayError('NOT_FOUND', { reason: 'no_such_route' }, `No route ${req.method} ${req.url.split('?')[0].slice(0, 200)}.`).toBody())
   })
 }, { name: 'errors' })
+
+// Errors raised before a route exists (bad percent-encoding, an over-long path parameter) skip
+// the error handler; they still leave as the envelope, with the request id.
+export function frameworkErrorReply (err: FastifyError, req: FastifyRequest, reply: FastifyReply): void {
+  const g = err.code === 'FST_ERR_MAX_PARAM_LENGTH'
+    ? new GatewayError('PATH_TOO_LONG')
+    : err.code === 'FST_ERR_BAD_URL' ? new GatewayError('BAD_PATH') : toGatewayError(err)
+  req.log.info({ code: g.code }, 'request refused by the router')
+  reply.header('x-request-id', req.id).code(g.status).send(g.toBody())
+}
+
+// Errors from Node's HTTP parser (header overflow, broken framing, the request timeout) never
+// reach Fastify: answer them on the raw socket, in the same envelope, then close.
+export function clientErrorReply (err: Error & { code?: string }, socket: Socket): void {
+  if (err.code === 'ECONNRESET' || socket.destroyed) return
+  const code = err.code === 'ERR_HTTP_REQUEST_TIMEOUT'
+    ? 'REQUEST_TIMEOUT'
+    : err.code === 'HPE_HEADER_OVERFLOW' ? 'HEADERS_TOO_LARGE' : 'BAD_HTTP_REQUEST'
+  const g = new GatewayError(code)
+  const body = JSON.stringify(g.toBody())
+  const reason = STATUS_CODES[g.status] ?? 'Error'
+  if (socket.writable) {
+    socket.write(`HTTP/1.1 ${g.status} ${reason}\r\nContent-Type: application/json; charset=utf-8\r\nContent-Length: ${Buffer.byteLength(body)}\r\nConnection: close\r\n\r\n${body}`)
+  }
+  socket.destroy()
+}

@@ -34,7 +34,15 @@ declare module 'fastify' {
 }
 
 export function resourceUrl (req: FastifyRequest): string {
-  return `${originOf(req)}${req.url.split('?')[0]}`
+  // Only the path: an absolute-form request target (POST http://elsewhere/v1/...) must neither
+  // break the URL nor name another origin in the challenge.
+  let path: string
+  try {
+    path = new URL(req.url, 'http://gateway.invalid').pathname
+  } catch {
+    path = req.routeOptions.url ?? '/'
+  }
+  return `${originOf(req)}${path}`
 }
 
 export function paymentResponseHeaders (p: AcceptedPayment | undefined): Record<string, string> {

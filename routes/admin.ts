@@ -24,7 +24,14 @@ export default async function adminRoutes (app: FastifyInstance) {
   })
 
   const account = (raw: string) => {
-    const a = decodeURIComponent(raw).toLowerCase()
+    // The router has decoded the param once; a second decoding tolerates double-encoded ids,
+    // and anything it cannot decode is simply not an account.
+    let a: string
+    try {
+      a = decodeURIComponent(raw).toLowerCase()
+    } catch {
+      a = raw.toLowerCase()
+    }
     if (!isPayerAccount(a)) throw new GatewayError('NOT_FOUND', { reason: 'no_such_account' }, 'Accounts are CAIP-10: eip155:<chainId>:<address>.')
     return a
   }

@@ -53,6 +53,8 @@ export default async function chatRoutes (app: FastifyInstance) {
     const requestId = req.id
     const offer = app.offerFor(prepared.reservation)
 
+    // Judged before any payment is taken: a bad key must not leave the client paid but unanswered.
+    const idemKey = idempotencyKeyOf(req)
     let payer: Payer | undefined
     try {
       payer = await app.payerOf(req, {
@@ -66,7 +68,6 @@ export default async function chatRoutes (app: FastifyInstance) {
     }
     if (!payer) return app.sendPaymentRequired(req, reply, { amountAtomic: offer, description: DESCRIPTION, err: new GatewayError('PAYMENT_REQUIRED', { reason: 'payment_required' }) })
 
-    const idemKey = idempotencyKeyOf(req)
     if (idemKey) {
       const bodyHash = createHash('sha256').update(JSON.stringify(req.body)).digest('hex')
       const begun = await app.ledger.beginIdempotent({ account: payer.account, key: idemKey, bodyHash, requestId, now: app.clock(), expiresAt: app.clock() + IDEMPOTENCY_TTL_MS })

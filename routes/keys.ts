@@ -25,6 +25,9 @@ export default async function keyRoutes (app: FastifyInstance) {
   // and that much credit in one step ("an API key bought with x402").
   app.post('/v1/keys', { schema: keyCreateSchema }, async (req, reply) => {
     const description = 'API key for OpenAI-compatible clients, with the payment as its first credit'
+    // The body is judged before any payment is taken: a bad body must not cost the payer anything.
+    const parsed = createSchema.safeParse(req.body ?? {})
+    if (!parsed.success) throw new GatewayError('BAD_REQUEST_BODY', { reason: 'invalid_field', detail: parsed.error.issues[0]?.message })
     let payer
     try {
       payer = await app.payerOf(req, { minAtomic: app.config.x402.topupAtomic, description })
@@ -35,8 +38,6 @@ export default async function keyRoutes (app: FastifyInstance) {
     if (!payer) return app.sendPaymentRequired(req, reply, { amountAtomic: app.config.x402.topupAtomic, description, err: new GatewayError('PAYMENT_REQUIRED', { reason: 'payment_required' }) })
     const who = { account: payer.account }
     reply.headers(paymentResponseHeaders(payer.payment))
-    const parsed = createSchema.safeParse(req.body ?? {})
-    if (!parsed.success) throw new GatewayError('BAD_REQUEST_BODY', { reason: 'invalid_field', detail: parsed.error.issues[0]?.message })
     const key = generateApiKey()
     try {
       const rec = await app.ledger.createApiKey({ id: key.id, account: who.account, name: parsed.data.name ?? null, prefix: key.prefix, hash: key.hash, createdAt: app.clock(), maxPerAccount: MAX_KEYS_PER_ACCOUNT })
@@ -54,7 +55,8 @@ export default async function keyRoutes (app: FastifyInstance) {
 
   app.delete<{ Params: { id: string } }>('/v1/keys/:id', async (req) => {
     const who = await app.requirePayer(req)
-    const ok = await app.ledger.revokeApiKey(who.account, req.params.id, app.clock())
+    const id = req.params.id
+    const ok = id.length > 0 && id.length <= 128 && await app.ledger.revokeApiKey(who.account, id, app.clock())
     // Someone else's key and a missing key look the same: no probing of other payers' ids.
     if (!ok) throw new GatewayError('NOT_FOUND', { reason: 'no_such_key' })
     return { id: req.params.id, revoked: true }

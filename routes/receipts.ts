@@ -31,7 +31,7 @@ export default async function receiptRoutes (app: FastifyInstance) {
   app.get<{ Params: { id: string } }>('/v1/receipts/:id', async (req) => {
     const admin = isAdmin(req)
     const who = admin ? undefined : await app.requirePayer(req)
-    const r = req.params.id.length <= 128 ? await app.ledger.getReceipt(req.params.id) : null
+    const r = req.params.id.length > 0 && req.params.id.length <= 128 ? await app.ledger.getReceipt(req.params.id) : null
     // Another payer's receipt is indistinguishable from a missing one (no BOLA, no id probing).
     if (!r || (!admin && r.payer !== who!.account)) throw new GatewayError('NOT_FOUND', { reason: 'no_such_receipt' })
     return receiptView(r)

@@ -8,7 +8,7 @@ import { createRedisClient, memorySharedState, redisSharedState } from './shared
 import { GatewayError } from './errors.ts'
 import Fastify, { type FastifyInstance, type FastifyServerOptions } from 'fastify'
 import type { GatewayConfig } from '../config/schema.ts'
-import errorsPlugin from '../plugins/errors.ts'
+import errorsPlugin, { clientErrorReply, frameworkErrorReply } from '../plugins/errors.ts'
 import metricsPlugin from '../plugins/metrics.ts'
 import docsPlugin from '../plugins/docs.ts'
 import { GatewayMetrics, instrumentLedger } from './metrics.ts'
@@ -56,8 +56,13 @@ export async function buildApp (opts: AppOptions): Promise<FastifyInstance> {
     trustProxy: config.trustProxy as boolean | string,
     bodyLimit: config.limits.bodyBytes,
     routerOptions: { maxParamLength: 200 },
-    // Slow-body clients are cut off rather than holding a socket and a parser forever.
+    // Slow-body clients are cut off rather than holding a socket and a parser forever. Node derives
+    // headersTimeout and its check interval when the server is built, so they are given there too:
+    // set afterwards, a stalled request would hold its socket for a minute and more.
     requestTimeout: 30_000,
+    http: { requestTimeout: 30_000, headersTimeout: 10_000, connectionsCheckingInterval: 1_000 },
+    frameworkErrors: frameworkErrorReply,
+    clientErrorHandler: clientErrorReply,
     connectionTimeout: 0,
     keepAliveTimeout: 72_000,
     return503OnClosing: true,

@@ -3,7 +3,7 @@ import fc from 'fast-check'
 import { withStack, startGateway, ADMIN_TOKEN } from './helpers/gateway.ts'
 import {
   HOSTILE_KEYS, Tally, clip, assertUnharmed, chainSnapshot, codeOf, contractViolations, fuzzParams, hostileJsonText, ledgerProblems,
-  nest, nonFiniteOrDeep, pacer, prototypeProblems, rawRequest, runProperty, todo, type RawResponse,
+  nest, nonFiniteOrDeep, pacer, prototypeProblems, rawRequest, runProperty, type RawResponse,
 } from './helpers/fuzz.ts'
 
 // Hostile JSON bodies: wrong types, prototype-pollution keys at any depth, duplicate keys, deep
@@ -110,7 +110,7 @@ t.test('fuzz: structured chat bodies with hostile values and keys, no credential
     await check(res, text, known, [400, 402, 413])
   }), fuzzParams(t, 'chat bodies', { seed: 4021, runs: 150 }))
   t.comment(`outcomes: ${seen}`)
-  t.equal(known.total, 0, `known-bug cases: ${known}`, todo(BUG_NONFINITE))
+  t.equal(known.total, 0, `known-bug cases: ${known}`)
   t.ok((seen.counts.get('402:payment_required/payment_required') ?? 0) > 0, 'some hostile bodies were valid enough to reach the 402')
   t.same(await ledgerProblems(gw), [])
 })
@@ -124,7 +124,7 @@ t.test('fuzz: byte-damaged bodies (invalid UTF-8, BOM, NUL, truncation, trailing
     await check(res, bytes.toString('utf8'), known, [400, 402, 413])
   }), fuzzParams(t, 'damaged bodies', { seed: 4022, runs: 80 }))
   t.comment(`outcomes: ${seen}`)
-  t.equal(known.total, 0, `known-bug cases: ${known}`, todo(BUG_NONFINITE))
+  t.equal(known.total, 0, `known-bug cases: ${known}`)
 })
 
 t.test('fuzz: arbitrary documents and content types on every POST route', async (t) => {
@@ -147,7 +147,7 @@ t.test('fuzz: arbitrary documents and content types on every POST route', async 
     await check(res, text, known, route.allowed)
   }), fuzzParams(t, 'documents', { seed: 4023, runs: 150 }))
   t.comment(`outcomes: ${seen}`)
-  t.equal(known.total, 0, `known-bug cases: ${known}`, todo(BUG_NONFINITE))
+  t.equal(known.total, 0, `known-bug cases: ${known}`)
 })
 
 // --- named regression cases -------------------------------------------------------------------
@@ -168,8 +168,8 @@ t.test('regression: non-finite numbers and deep nesting in forwarded fields are 
   ]
   for (const [name, body] of cases) {
     const res = await post(CHAT, body)
-    t.equal(res.status, 400, `${name}: 400`, todo(BUG_NONFINITE))
-    t.equal(res.json?.error?.code, 'bad_request_body', `${name}: bad_request_body`, todo(BUG_NONFINITE))
+    t.equal(res.status, 400, `${name}: 400`)
+    t.equal(res.json?.error?.code, 'bad_request_body', `${name}: bad_request_body`)
     t.ok(res.status !== 0 && res.headers['x-request-id'], `${name}: answered`)
   }
   t.same(await ledgerProblems(gw), [], 'nothing credited or reserved')

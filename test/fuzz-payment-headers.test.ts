@@ -6,7 +6,7 @@ import { payerAccount } from '../src/ledger/accounts.ts'
 import { withStack, startGateway, chatBody, signPaymentFor } from './helpers/gateway.ts'
 import {
   HOSTILE_KEYS, Tally, assertUnharmed, chainSnapshot, codeOf, contractViolations, fuzzParams, headerValueBytes, hostileJsonText,
-  ledgerProblems, pacer, prototypeProblems, rawRequest, runProperty, todo, type RawResponse,
+  ledgerProblems, pacer, prototypeProblems, rawRequest, runProperty, type RawResponse,
 } from './helpers/fuzz.ts'
 
 // Hostile PAYMENT-SIGNATURE (x402 v2) and X-PAYMENT (v1) headers on every route that takes a
@@ -14,9 +14,6 @@ import {
 // so even a mutation that keeps a payment well-formed can never settle: whatever the header,
 // the answer is a 4xx with a code, and no token and no credit moves.
 
-const BUG_IDEM_AFTER_PAY = 'bug: an invalid Idempotency-Key is refused (400) only after the payment settled and was credited; the 400 carries no PAYMENT-RESPONSE, so the client believes it paid nothing'
-const BUG_KEYS_BODY_AFTER_PAY = 'bug: POST /v1/keys validates its body only after the payment settled and was credited; a bad body gets a 400 (with PAYMENT-RESPONSE) and no key: the payer paid for a key it did not get (the money stays as credit)'
-const BUG_CLIENT_ERROR_ENVELOPE = 'bug: errors raised by the HTTP parser (431 header overflow, 400 bad header bytes, 408 timeout) leave through Fastify\'s default clientErrorHandler: {"error":"...","statusCode":...}, not the gateway\'s error envelope with error.code'
 
 const stack = await withStack(t)
 const gw = await startGateway(stack)
@@ -227,7 +224,7 @@ t.test('regression: size limits of the payment header', async (t) => {
   const node = await send(CHAT, [['PAYMENT-SIGNATURE', at(17_000)]])
   t.equal(node.status, 431, '17 000 characters: the HTTP parser answers 431')
   t.ok(node.closed, 'and closes the connection')
-  t.equal(typeof node.json?.error?.code, 'string', '431 from the parser carries error.code', todo(BUG_CLIENT_ERROR_ENVELOPE))
+  t.equal(typeof node.json?.error?.code, 'string', '431 from the parser carries error.code')
   t.same(await ledgerProblems(gw), [])
 })
 
@@ -305,9 +302,9 @@ t.test('regression: an invalid Idempotency-Key is refused before the payment is 
     t.equal(res.status, 400, `Idempotency-Key ${JSON.stringify(key.slice(0, 20))}: 400`)
     t.equal(res.json?.error?.metadata?.reason, 'invalid_idempotency_key')
     const credited = await depositsNow() - depBefore
-    t.equal(credited, 0n, 'nothing credited', todo(BUG_IDEM_AFTER_PAY))
-    t.equal(await balanceOf(stack.chain, stack.token, stack.payer2.address), chainBefore, 'no token moved', todo(BUG_IDEM_AFTER_PAY))
-    t.ok(credited === 0n || res.headers['payment-response'], 'a settled payment is at least reported (PAYMENT-RESPONSE)', todo(BUG_IDEM_AFTER_PAY))
+    t.equal(credited, 0n, 'nothing credited')
+    t.equal(await balanceOf(stack.chain, stack.token, stack.payer2.address), chainBefore, 'no token moved')
+    t.ok(credited === 0n || res.headers['payment-response'], 'a settled payment is at least reported (PAYMENT-RESPONSE)')
   }
   t.comment(`payer2 credit after the Idempotency-Key cases: ${(await gw.app.ledger.balance(account)).available}`)
 })
@@ -320,8 +317,8 @@ t.test('regression: POST /v1/keys refuses a bad body before the payment is taken
     const res = await send({ target: '/v1/keys', body: bad }, [['PAYMENT-SIGNATURE', header]])
     t.equal(res.status, 400, `${bad.slice(0, 30)}: 400`)
     t.equal(res.json?.error?.code, 'bad_request_body')
-    t.equal(await depositsNow() - depBefore, 0n, 'nothing credited', todo(BUG_KEYS_BODY_AFTER_PAY))
-    t.equal(await balanceOf(stack.chain, stack.token, stack.payer2.address), chainBefore, 'no token moved', todo(BUG_KEYS_BODY_AFTER_PAY))
+    t.equal(await depositsNow() - depBefore, 0n, 'nothing credited')
+    t.equal(await balanceOf(stack.chain, stack.token, stack.payer2.address), chainBefore, 'no token moved')
   }
   const totals = await gw.app.ledger.totals()
   t.equal(totals.sumOfAllAccounts, 0n, 'the ledger still balances')
