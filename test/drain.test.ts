@@ -29,12 +29,15 @@ function startServer (env: Record<string, string>): { child: ChildProcess, exite
   return { child, exited, stderr: () => err }
 }
 
-async function waitReady (url: string) {
-  for (let i = 0; i < 200; i++) {
+// Generous: a cold tsx start on a loaded 2-core CI machine can take most of a minute.
+async function waitReady (url: string, server?: { child: ChildProcess, stderr: () => string }) {
+  const deadline = Date.now() + 90_000
+  while (Date.now() < deadline) {
+    if (server && server.child.exitCode !== null) throw new Error(`gateway exited (${server.child.exitCode}) before it was ready:\n${server.stderr().slice(-2000)}`)
     try { if ((await fetch(`${url}/health/ready`)).ok) return } catch {}
     await new Promise((r) => setTimeout(r, 100))
   }
-  throw new Error('gateway did not become ready')
+  throw new Error(`gateway did not become ready in 90 s:\n${server?.stderr().slice(-2000) ?? ''}`)
 }
 
 /** Opens a stream and resolves once its first bytes arrived; `done` resolves with the whole text. */
@@ -56,6 +59,9 @@ async function openStream (url: string, key: string, i: number) {
   return { status: res.status, done }
 }
 
+// Three cold gateway starts and a 10 s wait: more than the suite's default 120 s on a loaded machine.
+t.setTimeout(300_000)
+
 t.test('SIGTERM with 50 open streams: each finishes or is cut at the grace limit, every reservation resolved, exit 0; SIGKILL then restart leaves nothing pending', async (t) => {
   const stack = await withStack(t, { chunkDelayMs: 100 })
   const dir = mkdtempSync(join(tmpdir(), 'gw-drain-'))
@@ -67,7 +73,7 @@ t.test('SIGTERM with 50 open streams: each finishes or is cut at the grace limit
 
   let server = startServer(env)
   t.teardown(() => { server.child.kill('SIGKILL') })
-  await waitReady(url)
+  await waitReady(url, server)
 
   // Four payers (the per-payer cap on open reservations is 16), credit granted, keys created.
   const ledger = await openSqliteLedger(dbPath)
@@ -95,7 +101,7 @@ t.test('SIGTERM with 50 open streams: each finishes or is cut at the grace limit
   // SIGKILL mid-load: reservations stay open in the file until they time out; a restart after
   // the timeout expires them before serving.
   server = startServer(env)
-  await waitReady(url)
+  await waitReady(url, server)
   const more = await Promise.all(Array.from({ length: 12 }, (_, i) => openStream(url, keys[i % 4], i)))
   server.child.kill('SIGKILL')
   await server.exited
@@ -104,7 +110,7 @@ t.test('SIGTERM with 50 open streams: each finishes or is cut at the grace limit
   t.ok(open.length > 0, `the kill left ${open.length} reservations open`)
   await new Promise((r) => setTimeout(r, 10_500))
   server = startServer(env)
-  await waitReady(url)
+  await waitReady(url, server)
   const left = (await Promise.all(payers.map((a) => ledger.pendingReservations(a)))).flat()
   t.same(left, [], 'restart expired every reservation past its timeout')
   await ledger.checkInvariants()

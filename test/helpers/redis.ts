@@ -27,7 +27,7 @@ export async function startTestRedis (): Promise<TestRedis | undefined> {
   const child: ChildProcess = spawn(bin, ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no'], { stdio: 'ignore' })
   const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()))
   const { Redis } = await import('ioredis')
-  for (let i = 0; i < 100; i++) {
+  for (let i = 0; i < 400; i++) {
     const probe = new Redis({ port, host: '127.0.0.1', lazyConnect: true, maxRetriesPerRequest: 0, retryStrategy: () => null })
     try { await probe.connect(); await probe.ping(); probe.disconnect(); break } catch { probe.disconnect(); await new Promise((r) => setTimeout(r, 50)) }
   }
