@@ -31,7 +31,9 @@ export class UpstreamClient {
   constructor (readonly target: UpstreamTarget, private readonly timeouts: UpstreamTimeouts) {
     this.base = new URL(target.url)
     this.pool = new Pool(this.base.origin, {
-      connections: 64,
+      // A stream holds its connection for its whole length: the cap must allow many idle
+      // streams per enclave, or they would queue inside the gateway without response headers.
+      connections: 1024,
       pipelining: 1,
       keepAliveTimeout: 30_000,
       connect: {

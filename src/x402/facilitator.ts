@@ -43,7 +43,9 @@ function chainFor (cfg: X402Config, rpcUrl: string) {
  */
 export function createLocalFacilitator (cfg: X402Config, rpcUrl: string, settlerKey: Hex): Facilitator {
   const account = privateKeyToAccount(settlerKey)
-  const client = createWalletClient({ account, chain: chainFor(cfg, rpcUrl), transport: http(rpcUrl, { timeout: 30_000 }) })
+  // viem's default 4 s polling would hold every queued settlement behind one slow receipt; L2
+  // blocks come every 1-2 s, so a quarter second costs little RPC and no waiting.
+  const client = createWalletClient({ account, chain: chainFor(cfg, rpcUrl), transport: http(rpcUrl, { timeout: 30_000 }), pollingInterval: 250 })
     .extend(publicActions)
   const signer = toFacilitatorEvmSigner({
     address: account.address,
