@@ -111,7 +111,7 @@ export class Receipts {
     const defined = Object.fromEntries(Object.entries(patch).filter(([, v]) => v !== undefined))
     const next: Receipt = { ...current, ...defined, id: current.id, createdAt: current.createdAt }
     this.upsert.run(toParams(next))
-    return this.get(id)
+    return next
   }
 
   list (payer: string, limit: number): Receipt[] {
