@@ -48,6 +48,11 @@ const envSchema = z.object({
   OG_TEE_ID: z.string().regex(/^(0x)?[0-9a-fA-F]{64}$/, 'expected a 32-byte hex TEE id').optional(),
   UPSTREAM_PAYER_PRIVATE_KEY: hexKey.optional(),
   UPSTREAM_SETTLEMENT_TYPE: z.enum(['private', 'batch', 'individual']).default('batch'),
+  // The token the operator wallet pays the backend with (OPG on Base, PROTOCOLS.md §7), where to
+  // read its Permit2 allowance, and the largest permit cap the wallet signs (atomic units; 0.1 OPG).
+  UPSTREAM_PAYMENT_ASSET: address.default('0xFbC2051AE2265686a469421b2C5A2D5462FbF5eB'),
+  UPSTREAM_PAYMENT_RPC_URL: z.string().url().optional(),
+  UPSTREAM_PAYMENT_MAX_AMOUNT: z.string().regex(/^\d{1,40}$/, 'expected an integer amount in the token\'s atomic units').default('100000000000000000'),
   PRICING_FILE: z.string().optional(),
   ADMIN_TOKEN: z.string().min(32, 'must be at least 32 characters').max(512).optional(),
   TRUST_PROXY: z.string().default('false'),
@@ -112,6 +117,8 @@ export interface GatewayConfig {
     pinTeeId?: string
     payerPrivateKey?: `0x${string}`
     settlementType: 'private' | 'batch' | 'individual'
+    /** Paying the backend (x402 `upto` over Permit2); used only with payerPrivateKey. */
+    payment: { asset: `0x${string}`, rpcUrl?: string, maxAtomic: bigint }
   }
   pricingFile?: string
   adminToken?: string
@@ -250,6 +257,11 @@ export function loadConfig (env: NodeJS.ProcessEnv | Record<string, string | und
       pinTeeId: e.OG_TEE_ID,
       payerPrivateKey: e.UPSTREAM_PAYER_PRIVATE_KEY as `0x${string}` | undefined,
       settlementType: e.UPSTREAM_SETTLEMENT_TYPE,
+      payment: {
+        asset: e.UPSTREAM_PAYMENT_ASSET as `0x${string}`,
+        rpcUrl: e.UPSTREAM_PAYMENT_RPC_URL ?? e.RPC_URL,
+        maxAtomic: BigInt(e.UPSTREAM_PAYMENT_MAX_AMOUNT),
+      },
     },
     pricingFile: e.PRICING_FILE,
     adminToken: e.ADMIN_TOKEN,

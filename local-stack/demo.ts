@@ -27,7 +27,8 @@ const check = (ok: boolean, what: string) => { if (!ok) { failures++; out(`   �
 
 out('x402 verified-inference gateway: local demo')
 out('starting anvil, deploying the test USDC, starting the reference TEE backend ...')
-const stack = await startLocalStack({ chunkDelayMs: 40 })
+// The enclaves charge with x402 `upto` (Permit2 sessions); the gateway's operator wallet pays them.
+const stack = await startLocalStack({ chunkDelayMs: 40, upstreamPayment: true })
 const dataDir = mkdtempSync(join(tmpdir(), 'x402-gateway-demo-'))
 const adminToken = randomBytes(24).toString('hex')
 const config = loadConfig(stack.gatewayEnv({
@@ -64,6 +65,7 @@ try {
   show('TEE enclave', `${stack.backend.url} tee_id ${stack.backend.teeId.slice(0, 18)}… (pinned self-signed TLS)`)
   show('discovered', [...app.enclaves.teeIds()].map((id) => id.slice(0, 18) + '…').join(', '))
   show('gateway', base)
+  show('operator wallet', `${stack.upstreamPayment!.operator.address} pays the enclave in test OPG ${stack.upstreamPayment!.token.slice(0, 10)}… (Permit2 ${app.upstreamPayerCheck?.ok ? 'approved' : 'NOT approved'})`)
 
   const body = { model: 'gpt-4.1', messages: [{ role: 'user', content: 'In one sentence: why verify inference?' }], max_tokens: 48 }
   const post = (f: typeof fetch, b: unknown) => f(`${base}/v1/chat/completions`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify(b) })
@@ -125,7 +127,17 @@ try {
   check(final.x402_gateway?.verified === true && frames[frames.length - 1] === '[DONE]', 'stream verified, charge in the final frame')
   check(!streamed.headers.get('payment-response'), 'no second payment: the credit paid for it')
 
-  step(4, 'ledger')
+  step(4, 'the gateway paid the TEE backend (x402 upto over Permit2, one session for both calls)')
+  const up = stack.upstreamPayment!
+  const upto = stack.backend.upto!
+  const opgBefore = await balanceOf(stack.chain, up.token, up.operator.address)
+  const [session] = await upto.settleAll()
+  const opgAfter = await balanceOf(stack.chain, up.token, up.operator.address)
+  show('upstream payment', `${app.upstreamPayer!.stats.payments} permit (cap ${formatDecimal(session?.cap ?? 0n, 6)} OPG), session ${session?.id.slice(0, 14)}… used for ${session?.calls} calls, settled ${formatDecimal(session?.spent ?? 0n, 6)} OPG in tx ${session?.settlementTx?.slice(0, 12)}…`)
+  show('operator OPG', `${formatDecimal(opgBefore, 6)} → ${formatDecimal(opgAfter, 6)} (X-SETTLEMENT-TYPE ${stack.backend.lastSettlementType})`)
+  check(app.upstreamPayer!.stats.payments === 1 && session?.calls === 2 && session.state === 'settled' && opgBefore - opgAfter === session.spent, 'one upto payment for two upstream calls, settled on chain once')
+
+  step(5, 'ledger')
   const bal = await app.ledger.balance(payerAccount(stack.chain.chainId, stack.payer.address))
   const totals = await app.ledger.totals()
   show('payer credit', `${formatLedger(bal.available)} USDC (deposited ${formatLedger(bal.creditsPosted)}, spent ${formatLedger(bal.debitsPosted)})`)

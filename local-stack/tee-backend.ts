@@ -7,6 +7,7 @@ import { isJsonObject, parseJson, pythonJsonDumps, type JsonObject, type JsonVal
 import { keccakHex, teeIdForPublicKey } from '../src/proof/hash.ts'
 import { generateTeeKeyPair, signTeeProof } from '../src/proof/sign.ts'
 import { completionTokens, costBlock, DEFAULT_PRICES, promptTokens, simulateAnswer, type ModelPrice, type SimulatedAnswer } from './text.ts'
+import { UptoSessions, type UptoPaymentOptions, type UptoSession } from './upto-sessions.ts'
 
 // A local stand-in for OpenGradient's tee-gateway (PROTOCOLS.md §7): same endpoints, same proof,
 // same error shapes, with fault injection. It canonicalizes what it receives the way the enclave
@@ -41,6 +42,11 @@ export interface TeeBackendOptions {
   tls?: { certPem: string, keyPem: string }
   /** Unix seconds for tee_timestamp. */
   clock?: () => number
+  /**
+   * Charge for chat calls with x402 `upto` over Permit2 and `X-Upto-Session` sessions, as
+   * OpenGradient's gateway does (see upto-sessions.ts). Unset: chat is free (older tests).
+   */
+  payment?: UptoPaymentOptions
 }
 
 export interface TeeBackendStats { received: number, completed: number, aborted: number, faulted: number }
@@ -54,6 +60,10 @@ export interface TeeBackend {
   /** The last chat request as received: raw body and the request hash the enclave computed. */
   readonly lastRequest: { body: string, requestHash: string } | undefined
   setFault (fault: Fault | null): void
+  /** The payment side when `payment` was given: sessions, counters, settlement. */
+  readonly upto?: UptoSessions
+  /** The last X-SETTLEMENT-TYPE a chat call carried. */
+  readonly lastSettlementType: string | undefined
   close (): Promise<void>
 }
 
@@ -143,6 +153,10 @@ export async function startTeeBackend (opts: TeeBackendOptions = {}): Promise<Te
   const stats: TeeBackendStats = { received: 0, completed: 0, aborted: 0, faulted: 0 }
   let fault: Fault | null = null
   let lastRequest: { body: string, requestHash: string } | undefined
+  let lastSettlementType: string | undefined
+  const upto = opts.payment ? new UptoSessions(opts.payment) : undefined
+  const sweeper = upto ? setInterval(() => upto.sweep(), Math.min(opts.payment!.sessionIdleMs ?? 300_000, 1000)) : undefined
+  sweeper?.unref()
 
   const takeFault = (): Fault | null => {
     const f = fault
@@ -158,6 +172,21 @@ export async function startTeeBackend (opts: TeeBackendOptions = {}): Promise<Te
     res.on('close', () => { closed = true; if (res.writableFinished) stats.completed++; else stats.aborted++ })
     const raw = await readBody(req)
     if (!raw) return sendError(res, 400, 'Request body too large')
+    const st = req.headers['x-settlement-type']
+    lastSettlementType = Array.isArray(st) ? st[0] : st
+    // Payment comes first, as an x402 middleware in front of the handler would do it.
+    let session: UptoSession | undefined
+    if (upto) {
+      const admission = await upto.admit(req.headers, `${opts.tls ? 'https' : 'http'}://${req.headers.host ?? 'localhost'}/v1/chat/completions`)
+      if (!admission.ok) {
+        const text = JSON.stringify(admission.body)
+        res.writeHead(402, { ...admission.headers, 'content-type': 'application/json', 'content-length': Buffer.byteLength(text) })
+        res.end(text)
+        return
+      }
+      session = admission.session
+      res.setHeader('x-upto-session', session.id)
+    }
     let body: JsonValue
     let canonical: JsonObject
     try {
@@ -201,6 +230,8 @@ export async function startTeeBackend (opts: TeeBackendOptions = {}): Promise<Te
     const completion = completionTokens(answer)
     const usage = { prompt_tokens: prompt, completion_tokens: completion, total_tokens: prompt + completion }
     const og = costBlock(model, prompt, completion, prices, opts.opgPriceUsd ?? 0.05)
+    // The call is charged to its session once the answer exists (the cost is known now).
+    if (session && upto) upto.charge(session, upto.atomicFromOpg(og.cost_opg as string))
     const accounting = kind === 'missing_usage' ? {} : { usage, opengradient: og }
     const finish = answer.kind === 'tool_calls' ? 'tool_calls' : 'stop'
     const head = { id: `chatcmpl-${randomUUID()}`, object: stream ? 'chat.completion.chunk' : 'chat.completion', created: timestamp, model }
@@ -287,8 +318,11 @@ export async function startTeeBackend (opts: TeeBackendOptions = {}): Promise<Te
     publicKeyPem,
     stats,
     get lastRequest () { return lastRequest },
+    get lastSettlementType () { return lastSettlementType },
+    upto,
     setFault (f) { fault = parseFault(f) },
     close () {
+      if (sweeper) clearInterval(sweeper)
       return new Promise<void>((resolve) => {
         server.close(() => resolve())
         // Hung requests and keep-alive sockets would hold close() open forever.

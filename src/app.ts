@@ -27,6 +27,16 @@ import { openSqliteLedger } from './ledger/sqlite.ts'
 import { openPostgresLedger } from './ledger/postgres.ts'
 import { createFacilitator, type Facilitator } from './x402/facilitator.ts'
 import { loadPriceTable, type PriceTable } from './pricing.ts'
+import { UpstreamPayer, type AllowanceReport } from './upstream/payment.ts'
+
+declare module 'fastify' {
+  interface FastifyInstance {
+    /** The operator wallet paying the TEE backend (x402 `upto`); absent without UPSTREAM_PAYER_PRIVATE_KEY. */
+    upstreamPayer?: UpstreamPayer
+    /** The start-up Permit2 allowance check of that wallet. */
+    upstreamPayerCheck?: AllowanceReport
+  }
+}
 
 export const EXAMPLE_PRICING = resolve(dirname(fileURLToPath(import.meta.url)), '../config/pricing.example.json')
 
@@ -105,6 +115,25 @@ export async function buildApp (opts: AppOptions): Promise<FastifyInstance> {
     prices: opts.prices ?? loadPriceTable(config.pricingFile ?? EXAMPLE_PRICING),
     clock: opts.clock ?? Date.now,
   })
+  if (config.upstream.payerPrivateKey) {
+    const payer = new UpstreamPayer({
+      payerPrivateKey: config.upstream.payerPrivateKey,
+      settlementType: config.upstream.settlementType,
+      ...config.upstream.payment,
+    }, app.log)
+    app.enclaves.setPayer(payer)
+    app.decorate('upstreamPayer', payer)
+    app.decorate('upstreamPayerCheck', undefined)
+    // Reported, not fatal: the backend may still take payments some other way, and an operator
+    // can approve while the gateway runs. Without the allowance every paid upstream call fails.
+    app.addHook('onReady', async () => {
+      const report = await payer.checkAllowance()
+      app.upstreamPayerCheck = report
+      const facts = { payer: report.payer, token: report.token, permit2: report.spender, allowance: report.allowance?.toString(), balance: report.balance?.toString() }
+      if (report.ok) app.log.info(facts, 'upstream payer ready: Permit2 allowance in place')
+      else app.log.error({ ...facts, problem: report.problem }, `upstream payer not ready: ${report.problem}`)
+    })
+  }
   // Shed load before the event loop drowns: a 503 with Retry-After is better than a timeout.
   await app.register(underPressure, {
     // Only lag, not utilisation: a busy loop that still answers promptly is doing its job.

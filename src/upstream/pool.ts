@@ -1,5 +1,6 @@
 import { GatewayError } from '../errors.ts'
-import { UpstreamClient, type UpstreamTarget, type UpstreamTimeouts } from './client.ts'
+import { UpstreamClient, type UpstreamResponse, type UpstreamTarget, type UpstreamTimeouts } from './client.ts'
+import type { UpstreamPayer } from './payment.ts'
 
 /** What a request handler gets to talk to: one enclave, by way of `post`. */
 export type EnclaveClient = Pick<UpstreamClient, 'target' | 'post'>
@@ -57,6 +58,7 @@ export class EnclavePool {
   private readonly cooldownMs: number
   private readonly now: () => number
   private readonly createClient: (target: UpstreamTarget, timeouts: UpstreamTimeouts) => UpstreamClient
+  private payer?: UpstreamPayer
 
   constructor (private readonly opts: EnclavePoolOptions) {
     this.cooldownMs = opts.failureCooldownMs ?? 30_000
@@ -87,6 +89,12 @@ export class EnclavePool {
     this.members = next
     for (const gone of previous.values()) this.retire(gone)
   }
+
+  /**
+   * The operator wallet that answers the enclaves' x402 `upto` challenges (PROTOCOLS.md §7).
+   * Without one, a backend asking to be paid fails the request with `upstream_payment_required`.
+   */
+  setPayer (payer: UpstreamPayer | undefined): void { this.payer = payer }
 
   get size (): number { return this.members.length }
 
@@ -129,17 +137,29 @@ export class EnclavePool {
   private async attempt<T> (member: Member, fn: (client: EnclaveClient) => Promise<T>): Promise<T> {
     let responded = false
     let connectFailure: unknown
+    const raw = async (path: string, body: string, signal: AbortSignal | undefined, headers: Record<string, string>): Promise<UpstreamResponse> => {
+      try {
+        const res = await member.client.post(path, body, signal, headers)
+        responded = true
+        return res
+      } catch (err) {
+        if (!responded && isConnectionFailure(err)) connectFailure = err
+        throw err
+      }
+    }
+    const payer = this.payer
+    const teeId = member.client.target.teeId
     const client: EnclaveClient = {
       target: member.client.target,
-      post: async (...args) => {
-        try {
-          const res = await member.client.post(...args)
-          responded = true
-          return res
-        } catch (err) {
-          if (!responded && isConnectionFailure(err)) connectFailure = err
-          throw err
+      post: async (path, body, signal, extraHeaders = {}) => {
+        if (payer) return payer.send(teeId, (pay) => raw(path, body, signal, { ...extraHeaders, ...pay }))
+        const res = await raw(path, body, signal, extraHeaders)
+        if (res.status === 402) {
+          await res.body.text().catch(() => undefined)
+          throw new GatewayError('UPSTREAM_ERROR', { reason: 'upstream_payment_required', upstream_status: 402 },
+            'The verified inference backend asks to be paid and no operator wallet is configured (UPSTREAM_PAYER_PRIVATE_KEY).')
         }
+        return res
       },
     }
     member.inFlight++
