@@ -29,6 +29,13 @@ export interface TestPostgres {
   createDatabase (template?: string): Promise<string>
   /** How the server was found, for test logs. */
   source: string
+  /**
+   * Restarts the server under its clients (chaos tests): `pg_ctl stop -m <mode>` (default fast:
+   * every session is terminated), `downMs` of downtime, then start on the same port. On a server
+   * given by TEST_DATABASE_URL, which is not ours to restart, every session on the databases made
+   * here is terminated instead (pg_terminate_backend) and the server is unreachable for no time.
+   */
+  restart (opts?: { mode?: 'smart' | 'fast' | 'immediate', downMs?: number }): Promise<void>
   stop (): Promise<void>
 }
 
@@ -62,7 +69,7 @@ function isExecutable (path: string): boolean {
 
 export async function startTestPostgres (): Promise<TestPostgres | undefined> {
   const external = process.env.TEST_DATABASE_URL
-  if (external) return useServer(external, `TEST_DATABASE_URL (${redact(external)})`, null)
+  if (external) return useServer(external, `TEST_DATABASE_URL (${redact(external)})`, null, null)
   const bin = findPostgresBin()
   if (!bin) {
     postgresUnavailable = process.env.TEST_POSTGRES_BIN
@@ -179,6 +186,7 @@ async function startCluster (bin: string): Promise<TestPostgres> {
   try {
     await pgRun(false, 'cp', ['-a', await initdbOnce(bin, root, base), data])
     let port = 0
+    let startOpts = ''
     for (let attempt = 1; !started; attempt++) {
       port = await freePort()
       const opts = [`-p ${port}`, `-k ${dir}`, '-c listen_addresses=127.0.0.1', '-c fsync=off', '-c synchronous_commit=off',
@@ -186,13 +194,19 @@ async function startCluster (bin: string): Promise<TestPostgres> {
       try {
         await pgRun(root, pgCtl, ['-D', data, '-l', log, '-w', '-t', '60', '-o', opts.join(' '), 'start'])
         started = true
+        startOpts = opts.join(' ')
       } catch (err) {
         // Another process may have taken the port between our probe and the server's bind.
         if (attempt >= 3) throw new Error(`${(err as Error).message}\n${existsSync(log) ? readFileSync(log, 'utf8') : ''}`)
       }
     }
     const admin = `postgres://postgres@127.0.0.1:${port}/postgres`
-    return await useServer(admin, `${bin} (cluster in ${dir}, port ${port})`, stopCluster)
+    const restartCluster = async (o: { mode?: 'smart' | 'fast' | 'immediate', downMs?: number } = {}): Promise<void> => {
+      await pgRun(root, pgCtl, ['-D', data, '-m', o.mode ?? 'fast', '-w', '-t', '60', 'stop'])
+      if (o.downMs) await new Promise((resolve) => setTimeout(resolve, o.downMs))
+      await pgRun(root, pgCtl, ['-D', data, '-l', log, '-w', '-t', '60', '-o', startOpts, 'start'])
+    }
+    return await useServer(admin, `${bin} (cluster in ${dir}, port ${port})`, stopCluster, restartCluster)
   } catch (err) {
     await stopCluster()
     throw err
@@ -204,7 +218,8 @@ async function startCluster (bin: string): Promise<TestPostgres> {
  * our own cluster (its databases go with it) or, on a server we were given (stopServer null),
  * drops every database it made.
  */
-async function useServer (adminUrl: string, source: string, stopServer: (() => Promise<void>) | null): Promise<TestPostgres> {
+async function useServer (adminUrl: string, source: string, stopServer: (() => Promise<void>) | null,
+  restartServer: TestPostgres['restart'] | null): Promise<TestPostgres> {
   const made: string[] = []
   const inflight = new Set<Promise<unknown>>()
   const withAdmin = async <T>(fn: (c: pg.Client) => Promise<T>): Promise<T> => {
@@ -248,6 +263,12 @@ async function useServer (adminUrl: string, source: string, stopServer: (() => P
     url,
     source,
     createDatabase,
+    async restart (opts) {
+      if (restartServer) return restartServer(opts)
+      await withAdmin(async (c) => {
+        await c.query('SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = ANY($1::text[]) AND pid <> pg_backend_pid()', [made])
+      })
+    },
     async stop () {
       if (stopped) return
       stopped = true
