@@ -7,9 +7,22 @@ import { SharedStateUnavailable } from '../src/shared-state.ts'
 
 // Every error leaves as the OpenAI error envelope with a stable code; nothing leaves as a bare 500
 // with a stack, and a 402 never leaves without its PAYMENT-REQUIRED header (routes attach it).
+// The ledger's database is down or restarting: a dependency outage (503, retry), not a bug (500).
+// PostgreSQL: connection refused/reset, admin shutdown and "cannot connect now" (57P0x), connection
+// exceptions (08xxx), too many connections (53300), and node-postgres's own connection errors.
+const DB_UNAVAILABLE_CODES = new Set(['ECONNREFUSED', 'ECONNRESET', 'EPIPE', 'ETIMEDOUT', '57P01', '57P02', '57P03', '53300', 'SQLITE_BUSY', 'SQLITE_LOCKED'])
+const DB_UNAVAILABLE_MESSAGES = /^(Connection terminated|timeout exceeded when trying to connect|Client has encountered a connection error|Cannot use a pool after calling end)/
+
+export function isLedgerUnavailable (err: unknown): boolean {
+  const e = err as { code?: unknown, message?: unknown }
+  if (typeof e?.code === 'string' && (DB_UNAVAILABLE_CODES.has(e.code) || e.code.startsWith('08'))) return true
+  return typeof e?.message === 'string' && DB_UNAVAILABLE_MESSAGES.test(e.message)
+}
+
 export function toGatewayError (err: FastifyError | Error): GatewayError {
   if (err instanceof GatewayError) return err
   if (err instanceof SharedStateUnavailable) return new GatewayError('SHARED_STATE_UNAVAILABLE')
+  if (isLedgerUnavailable(err)) return new GatewayError('LEDGER_UNAVAILABLE')
   const e = err as FastifyError
   switch (e.code) {
     case 'FST_ERR_CTP_BODY_TOO_LARGE': return new GatewayError('BODY_TOO_LARGE')

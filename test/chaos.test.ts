@@ -56,10 +56,6 @@ const PG_CRASH_BUG = 'bug: src/ledger/postgres-db.ts transaction() (and migrate)
   'session (57P01 on restart, "Connection terminated unexpectedly") the client emits an unhandled \'error\' and the process dies'
 const PG_500_BUG = 'bug: ledger (pg) errors are never mapped to LEDGER_UNAVAILABLE (503): toGatewayError in plugins/errors.ts ' +
   'turns ECONNREFUSED / 57P01 / "Connection terminated" into 500 internal'
-const SETTLE_PENDING_BUG = 'bug: src/x402/payments.ts settleAndConfirm treats every settle answer with success false as a ' +
-  'failure: @x402/evm answers { success: false, errorReason: "settlement_pending", transaction: <hash> } when its receipt wait ' +
-  'times out after the broadcast, the claim is marked failed (the reconciler only looks at unknown/settling/claimed claims), ' +
-  'the client gets 402 payment_settlement_failed "sign a new payment", and the payment that landed on chain is never credited'
 const STREAM_HANG_BUG = 'bug: routes/chat.ts streamAnswer / src/chat/forward.ts forwardStream: when a ledger call fails after ' +
   'the SSE head was sent (postCharge or voidReservation at the end of the stream), the error escapes a hijacked reply (Fastify: ' +
   '"Promise errored, but reply.sent = true was set") and nothing ends the response: no error frame, no [DONE], the client waits ' +
@@ -367,9 +363,9 @@ t.test('settle answers settlement_pending after broadcast (RPC down longer than 
   t.comment(`${outcomes.length} requests, ${facilitator.pending} settlement_pending answers${longCut ? ' + one real 65 s outage' : ''}: ${summarize(outcomes)}`)
   t.ok(facilitator.pending >= 1, 'settles answered settlement_pending after their transaction was mined')
   t.same(outcomes.filter((o) => o.code === 'payment_settlement_failed').map((o) => o.requestId), [],
-    'a broadcast settlement is never reported as failed (the client is told the outcome is unknown: do not pay again)', { todo: SETTLE_PENDING_BUG })
+    'a broadcast settlement is never reported as failed (the client is told the outcome is unknown: do not pay again)')
   await resolveClaims(gw.app.ledger, facilitator, rpcUrl)
-  await audit(t, gw.app.ledger, payers, outcomes, { chainTodo: SETTLE_PENDING_BUG })
+  await audit(t, gw.app.ledger, payers, outcomes)
   await servesAgain(t, gw, probeKey)
 })
 

@@ -146,7 +146,17 @@ export class PaymentService {
       this.log.warn({ requestId, err: (err as Error).message }, 'settlement outcome unknown')
       throw new GatewayError('PAYMENT_SETTLEMENT_UNKNOWN', { reason: 'settlement_outcome_unknown' })
     }
-    if (!settle.success || !/^0x[0-9a-fA-F]{64}$/.test(settle.transaction)) {
+    const broadcast = /^0x[0-9a-fA-F]{64}$/.test(settle.transaction ?? '')
+    if (!settle.success && broadcast) {
+      // A transaction went out but its fate was not seen (e.g. "settlement_pending" after the
+      // receipt wait timed out): it may well land. Never call that failed; the reconciler reads
+      // the chain and credits it once, or fails it once the authorization can no longer be used.
+      await this.ledger.updatePaymentClaim(key, { status: 'unknown', txHash: settle.transaction, error: settle.errorReason ?? 'settle_unconfirmed' })
+      this.report('unknown')
+      this.log.warn({ requestId, tx: settle.transaction, reason: settle.errorReason }, 'settlement broadcast, outcome unknown')
+      throw new GatewayError('PAYMENT_SETTLEMENT_UNKNOWN', { reason: settle.errorReason ?? 'settlement_outcome_unknown', transaction: settle.transaction })
+    }
+    if (!settle.success || !broadcast) {
       await markFailed({ error: settle.errorReason ?? 'settle_failed' })
       this.report('failed')
       throw new GatewayError('PAYMENT_SETTLEMENT_FAILED', { reason: settle.errorReason ?? 'settle_failed' })
