@@ -10,6 +10,7 @@ import { reserveFor, type Reservation } from '../src/chat/charge.ts'
 import { forwardNonStream, forwardStream, type StreamSink } from '../src/chat/forward.ts'
 import type { StoredResponse } from '../src/ledger/types.ts'
 import { paymentResponseHeaders, type Payer } from '../plugins/paid.ts'
+import { toGatewayError } from '../plugins/errors.ts'
 import { toAsset } from '../src/metrics.ts'
 import { chatSchema } from './schemas.ts'
 
@@ -185,6 +186,8 @@ async function streamAnswer (app: FastifyInstance, req: FastifyRequest, reply: F
   payer: Payer, controller: AbortController, deps: Parameters<typeof forwardStream>[0]): Promise<StoredResponse | undefined> {
   const raw = reply.raw
   let closed = false
+  let started = false
+  let ended = false
   const sent: string[] = []
   raw.on('close', () => {
     if (!raw.writableFinished) { closed = true; controller.abort() }
@@ -192,6 +195,7 @@ async function streamAnswer (app: FastifyInstance, req: FastifyRequest, reply: F
   const sink: StreamSink = {
     start (headers) {
       reply.hijack()
+      started = true
       raw.writeHead(200, { ...headers, 'x-request-id': req.id })
       raw.flushHeaders()
     },
@@ -200,20 +204,49 @@ async function streamAnswer (app: FastifyInstance, req: FastifyRequest, reply: F
       sent.push(chunk)
       if (!raw.write(chunk)) await Promise.race([once(raw, 'drain'), once(raw, 'close')])
     },
-    // After a client disconnect the response never finishes; destroy it so the socket does not
-    // linger as a busy keep-alive connection (it would hold up a graceful close).
-    end () { if (!closed) raw.end(); else raw.destroy() },
+    // The response is finished only after the receipt is written (below): a draining replica
+    // waits for open responses, so the receipt cannot be lost to the shutdown. After a client
+    // disconnect the response never finishes; destroy it so the socket does not linger.
+    end () { ended = true; if (closed) raw.destroy() },
     get closed () { return closed },
   }
-  const out = await forwardStream(deps, prepared, r, sink, paymentResponseHeaders(payer.payment), controller)
-  recordUsage(app, prepared.model, out.charged, out.usage)
-  await app.ledger.updateReceipt(req.id, {
-    status: out.outcome === 'completed' || out.outcome === 'client_disconnected' ? 'completed' : 'failed',
-    promptTokens: out.usage?.promptTokens ?? 0, completionTokens: out.usage?.completionTokens ?? 0,
-    chargedAmount: out.charged, upstreamCost: out.costUsd ?? null, verified: out.verdict.verified,
-    verifyError: out.verdict.verified ? null : (out.verdict.step ?? out.verdict.reason ?? null),
-    proof: (out.proof ?? null) as never, errorCode: out.outcome === 'completed' ? null : out.outcome.toUpperCase(), completedAt: app.clock(),
-  })
+  const finish = () => { if (!closed && !raw.writableEnded) raw.end() }
+  let out: Awaited<ReturnType<typeof forwardStream>>
+  try {
+    out = await forwardStream(deps, prepared, r, sink, paymentResponseHeaders(payer.payment), controller)
+  } catch (err) {
+    // Before the head went out, the route's error handling answers with a JSON error as usual.
+    if (!started) throw err
+    // After it (a ledger call failed at the end of the stream): the stream still ends, with an
+    // error frame and [DONE]. An unposted reservation is released by the expiry sweep, so the
+    // client is not charged for it.
+    const g = err instanceof GatewayError ? err : toGatewayError(err as Error)
+    req.log.error({ err }, 'stream failed after its head was sent')
+    if (!closed && !ended) {
+      raw.write(`data: ${JSON.stringify({ ...g.toBody(), x402_gateway: { request_id: req.id, verified: false, charged: '0' } })}\n\n`)
+      raw.write('data: [DONE]\n\n')
+    }
+    await app.ledger.updateReceipt(req.id, { status: 'failed', errorCode: g.code, completedAt: app.clock() })
+      .catch((e: unknown) => req.log.error({ err: e }, 'receipt update failed'))
+    finish()
+    return undefined
+  }
+  try {
+    recordUsage(app, prepared.model, out.charged, out.usage)
+    await app.ledger.updateReceipt(req.id, {
+      status: out.outcome === 'completed' || out.outcome === 'client_disconnected' ? 'completed' : 'failed',
+      promptTokens: out.usage?.promptTokens ?? 0, completionTokens: out.usage?.completionTokens ?? 0,
+      chargedAmount: out.charged, upstreamCost: out.costUsd ?? null, verified: out.verdict.verified,
+      verifyError: out.verdict.verified ? null : (out.verdict.step ?? out.verdict.reason ?? null),
+      proof: (out.proof ?? null) as never, errorCode: out.outcome === 'completed' ? null : out.outcome.toUpperCase(), completedAt: app.clock(),
+    })
+  } catch (err) {
+    // The money is already right (posted or voided); only the receipt could not be written.
+    req.log.error({ err }, 'receipt update failed after the stream')
+    finish()
+    return undefined
+  }
+  finish()
   if (out.outcome !== 'completed') return undefined
   return { status: 200, headers: { 'content-type': 'text/event-stream; charset=utf-8', 'x-original-request-id': req.id }, body: sent.join('') }
 }

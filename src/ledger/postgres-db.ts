@@ -73,6 +73,11 @@ export async function transaction<T> (pool: pg.Pool, fn: (c: pg.PoolClient) => P
   for (let attempt = 1; ; attempt++) {
     const c = await pool.connect()
     let broken: Error | undefined
+    // A checked-out client has no listener of pg-pool's: when the server ends the session (a
+    // restart, 57P01) its 'error' would be unhandled and kill the process. Note it, and let the
+    // failing query report it; the client is then discarded, not returned to the pool.
+    const onError = (e: Error) => { broken = e }
+    c.on('error', onError)
     const begin = BEGIN[mode]
     try {
       if (begin) await c.query(begin)
@@ -83,6 +88,7 @@ export async function transaction<T> (pool: pg.Pool, fn: (c: pg.PoolClient) => P
       if (begin) await c.query('ROLLBACK').catch((e: Error) => { broken = e })
       if (attempt >= MAX_ATTEMPTS || !isRetryable(err)) throw err
     } finally {
+      c.removeListener('error', onError)
       c.release(broken)
     }
     await sleep(Math.random() * Math.min(250, 4 * 2 ** attempt))

@@ -36,6 +36,9 @@ function refuseNewer (version: number | null): void {
 export async function migrate (pool: pg.Pool, now: number): Promise<void> {
   const c = await pool.connect()
   let broken: Error | undefined
+  // See transaction(): a checked-out client needs its own 'error' listener.
+  const onError = (e: Error) => { broken = e }
+  c.on('error', onError)
   try {
     // The usual start-up: everything is applied already, and nothing needs a lock.
     const newest = await newestApplied(c)
@@ -59,6 +62,7 @@ export async function migrate (pool: pg.Pool, now: number): Promise<void> {
       }
     }
   } finally {
+    c.removeListener('error', onError)
     c.release(broken)
   }
 }

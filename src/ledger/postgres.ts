@@ -38,6 +38,9 @@ export async function openPostgresLedger (url: string, opts: PostgresLedgerOptio
     connectionString: url,
     max: Math.max(1, Math.floor(opts.poolSize ?? 10)),
     application_name: 'x402-ledger',
+    // While the database is down or restarting, fail fast (503 ledger_unavailable) rather than
+    // queue requests behind a connect that may never finish.
+    connectionTimeoutMillis: 5_000,
   })
   // An idle connection the server dropped is discarded by the pool; the next query reconnects.
   // Without a listener the 'error' event would crash the process.
