@@ -93,9 +93,12 @@ export default fp<CoreDeps>(async function corePlugin (app: FastifyInstance, dep
   // A crash can leave reservations open; they are expired before the first request is served.
   const expired = await deps.ledger.expirePending(deps.clock())
   if (expired > 0) app.log.warn({ expired }, 'expired reservations left open by an earlier run')
+  // Reservations left by a crashed replica hold their payer's credit until swept: sweep at a
+  // tenth of the timeout (1 s to 60 s), so credit comes back soon after the timeout, not a minute on.
+  const sweepMs = Math.min(60_000, Math.max(1_000, Math.floor(deps.config.limits.reservationTimeoutMs / 10)))
   const sweep = setInterval(() => {
     deps.ledger.expirePending(deps.clock()).catch((err) => app.log.error({ err }, 'expiring reservations failed'))
-  }, 60_000)
+  }, sweepMs)
   sweep.unref()
 
   const rpcUrl = config.x402.facilitator.kind === 'local' ? config.x402.facilitator.rpcUrl : config.x402.rpcUrl

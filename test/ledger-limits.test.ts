@@ -44,7 +44,9 @@ forEachStore(t, (t, store) => {
     t.match(await ledger.reserve(res('p5', { maxOpen: 4 })), { ok: true }, 'one past its timeout no longer counts, swept or not')
     await t.rejects(ledger.reserve(res('p6', { maxOpen: 0 })), { code: 'LEDGER_ARGUMENT_INVALID' })
     await t.rejects(ledger.reserve(res('p6', { maxOpen: 1.5 })), { code: 'LEDGER_ARGUMENT_INVALID' })
-    t.same(await ledger.reserve(res('p6', { amount: 5000n, maxOpen: 100 })), { ok: false, code: 'insufficient_credit', available: 949n })
+    // Refused, and on the way it expired the overdue one ('short'), whose credit is available again.
+    t.same(await ledger.reserve(res('p6', { amount: 5000n, maxOpen: 100 })), { ok: false, code: 'insufficient_credit', available: 959n })
+    t.equal((await ledger.getTransfer('short'))?.state, 'expired')
     await ledger.checkInvariants()
   })
 

@@ -36,6 +36,8 @@ class Model {
   }
 
   available (account: string): bigint { return this.posted.get(account)! - this.held(account) }
+  overdue (account: string): Pending[] { return this.pendings.filter((p) => p.account === account && p.state === 'pending' && p.timeoutAt <= this.now) }
+  expireOverdue (account: string): void { for (const p of this.overdue(account)) p.state = 'expired' }
   move (account: string, delta: bigint): void { this.posted.set(account, this.posted.get(account)! + delta) }
 }
 
@@ -108,6 +110,8 @@ class Reserve implements Cmd {
   check (): boolean { return true }
   async run (m: Model, r: Real): Promise<void> {
     const input = { id: m.id('p'), account: this.account, amount: this.amount, timeoutAt: m.now + this.ttl, reference: 'model' }
+    // A reserve that would be refused first expires the payer's overdue reservations.
+    if (this.amount > m.available(this.account)) m.expireOverdue(this.account)
     const avail = m.available(this.account)
     const res = await r.ledger.reserve(input)
     if (this.amount <= avail) {
@@ -193,9 +197,13 @@ class RacingReserves implements Cmd {
   constructor (readonly account: string, readonly amounts: bigint[]) {}
   check (): boolean { return true }
   async run (m: Model, r: Real): Promise<void> {
-    const before = m.available(this.account)
+    const overdue = m.overdue(this.account)
     const inputs = this.amounts.map((amount) => ({ id: m.id('p'), account: this.account, amount, timeoutAt: m.now + 60_000, reference: 'race' }))
     const results = await Promise.all(inputs.map((i) => r.ledger.reserve(i)))
+    // Whether a refused reserve expired the overdue reservations depends on the interleaving:
+    // read it from the store, then check the batch against the credit that was there to take.
+    for (const p of overdue) if ((await r.ledger.getTransfer(p.id))?.state === 'expired') p.state = 'expired'
+    const before = m.available(this.account)
     // Any serial order is a valid outcome; what must hold is that the accepted ones fit together,
     // and that every refused one did not fit in what was left (availability only falls here).
     let accepted = 0n

@@ -80,6 +80,10 @@ async function run (t: Test, store: StoreFixture, seed: number, steps: number): 
       }
     } else if (op < 55) {
       const input = { id, account, amount: amount(), timeoutAt: clock.now + 1 + r(5000), reference: 'req' }
+      // A reserve that would be refused first expires the payer's overdue reservations.
+      if (input.amount > m.available(account)) {
+        for (const p of m.pendings.values()) if (p.account === account && p.state === 'pending' && p.timeoutAt <= clock.now) p.state = 'expired'
+      }
       const avail = m.available(account)
       const res = await ledger.reserve(input)
       if (input.amount <= avail) {

@@ -116,6 +116,16 @@ export class PgTransfers {
     return r.rows.map(toTransfer)
   }
 
+  /**
+   * One payer's open pendings due at now, locked; those a concurrent post or void holds are skipped
+   * (it resolves them itself), so a reserve holding the payer's row never waits on a pending's lock.
+   */
+  async dueFor (c: pg.PoolClient, account: string, now: number): Promise<Transfer[]> {
+    const r = await q<PgTransferRow>(c, `SELECT ${TRANSFER_COLUMNS} FROM transfers
+      WHERE debit_account = $1 AND state = 'pending' AND timeout_at <= $2 ORDER BY timeout_at, seq FOR NO KEY UPDATE SKIP LOCKED`, [account, now])
+    return r.rows.map(toTransfer)
+  }
+
   async existing (db: Db, id: string, expected: Fingerprint): Promise<TransferResult | null> {
     return sameRequest(id, await this.get(db, id), expected)
   }

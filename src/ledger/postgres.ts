@@ -145,7 +145,15 @@ class PostgresLedger extends PgStoreBase implements LedgerStore {
         if (maxOpen !== undefined && checks.open >= maxOpen) {
           return { ok: false, code: 'too_many_reservations', open: checks.open, available }
         }
-        if (t.amount > available) return { ok: false, code: 'insufficient_credit', available }
+        if (t.amount > available) {
+          // Reservations past their timeout no longer hold credit, swept or not: a reserve that would
+          // be refused expires the payer's overdue ones first (a crashed replica's, say), then decides.
+          const due = await this.engine.dueFor(c, t.debitAccount, now)
+          if (due.length === 0) return { ok: false, code: 'insufficient_credit', available }
+          for (const p of due) await this.engine.expire(c, p)
+          const left = (await this.engine.balance(c, t.debitAccount)).available
+          if (t.amount > left) return { ok: false, code: 'insufficient_credit', available: left }
+        }
         return { ok: true as const, transfer: await this.engine.append(c, t), duplicate: false }
       })
     } catch (err) {

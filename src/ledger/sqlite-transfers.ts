@@ -71,6 +71,15 @@ export class TransferEngine {
         UNION ALL SELECT seq, ${COLUMNS} FROM transfers WHERE credit_account = @a
       ) ORDER BY seq DESC LIMIT @limit`)
     this.due = db.prepare(`SELECT ${COLUMNS} FROM transfers WHERE state = 'pending' AND timeout_at <= ? ORDER BY timeout_at, seq`)
+    this.dueOfAccount = db.prepare(`SELECT ${COLUMNS} FROM transfers
+      WHERE debit_account = ? AND state = 'pending' AND timeout_at <= ? ORDER BY timeout_at, seq`)
+  }
+
+  private readonly dueOfAccount: Database.Statement
+
+  /** One payer's open pendings due at now (what a refused reserve expires before deciding again). */
+  dueFor (account: string, now: number): Transfer[] {
+    return (this.dueOfAccount.all(account, BigInt(now)) as TransferRow[]).map(toTransfer)
   }
 
   get (id: string): Transfer | null {

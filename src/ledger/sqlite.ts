@@ -142,7 +142,14 @@ class SqliteLedger extends SqliteStoreBase implements LedgerStore {
           const open = this.reports.openReservations(t.debitAccount, now)
           if (open >= maxOpen) return { ok: false, code: 'too_many_reservations', open, available: available() }
         }
-        // The CHECK on the payer's row decides affordability, atomically with the insert.
+        // Reservations past their timeout no longer hold credit, swept or not: a reserve that would
+        // be refused expires the payer's overdue ones first (a crashed replica's, say), then decides.
+        if (available() < t.amount) {
+          for (const p of this.engine.dueFor(t.debitAccount, now)) this.engine.expire(p)
+          const left = available()
+          if (left < t.amount) return { ok: false, code: 'insufficient_credit', available: left }
+        }
+        // The CHECK on the payer's row also refuses an overdraft, atomically with the insert.
         return { ok: true as const, transfer: this.engine.append(t), duplicate: false }
       })
     } catch (err) {
