@@ -90,14 +90,24 @@ export default fp<CoreDeps>(async function corePlugin (app: FastifyInstance, dep
     if (enclaves.size === 0) app.log.warn('registry discovery found no usable enclave yet; requests fail with upstream_unavailable until one appears')
   }
 
-  // A crash can leave reservations open; they are expired before the first request is served.
-  const expired = await deps.ledger.expirePending(deps.clock())
-  if (expired > 0) app.log.warn({ expired }, 'expired reservations left open by an earlier run')
+  // A crash can leave reservations open, and receipts of requests that never finished: the
+  // reservations are expired and those receipts finished (from what their reservation became)
+  // before the first request is served, and then by a sweep. A receipt is left to its own
+  // request for RECEIPT_GRACE_MS after its reservation is resolved.
+  const RECEIPT_GRACE_MS = 30_000
+  const sweepOnce = async () => {
+    const now = deps.clock()
+    const expired = await deps.ledger.expirePending(now)
+    const closed = await deps.ledger.closeStaleReceipts(now - RECEIPT_GRACE_MS, now)
+    return { expired, closed }
+  }
+  const first = await sweepOnce()
+  if (first.expired > 0 || first.closed > 0) app.log.warn(first, 'expired reservations and finished receipts left open by an earlier run')
   // Reservations left by a crashed replica hold their payer's credit until swept: sweep at a
   // tenth of the timeout (1 s to 60 s), so credit comes back soon after the timeout, not a minute on.
   const sweepMs = Math.min(60_000, Math.max(1_000, Math.floor(deps.config.limits.reservationTimeoutMs / 10)))
   const sweep = setInterval(() => {
-    deps.ledger.expirePending(deps.clock()).catch((err) => app.log.error({ err }, 'expiring reservations failed'))
+    sweepOnce().catch((err) => app.log.error({ err }, 'expiring reservations failed'))
   }, sweepMs)
   sweep.unref()
 

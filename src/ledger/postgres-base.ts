@@ -1,7 +1,7 @@
 import type pg from 'pg'
 import { assertPayerAccount } from './accounts.ts'
 import { PgApiKeys, PgIdempotency, PgNonces } from './postgres-access.ts'
-import { transaction, type TxMode } from './postgres-db.ts'
+import { q, transaction, type TxMode } from './postgres-db.ts'
 import { PgReceipts, PgReports } from './postgres-reports.ts'
 import { PgTransfers } from './postgres-transfers.ts'
 import {
@@ -108,6 +108,23 @@ export abstract class PgStoreBase implements LedgerAccessStore {
 
   async getReceipt (id: string): Promise<Receipt | null> {
     return this.receiptsTable.get(this.pool, checkId('id', id))
+  }
+
+  async closeStaleReceipts (before: number, now: number): Promise<number> {
+    checkEpochMs('before', before)
+    checkEpochMs('now', now)
+    // One statement; the reservation decides (see LedgerStore.closeStaleReceipts).
+    const r = await q(this.pool, `UPDATE receipts AS r SET
+        charged_amount = CASE p.state WHEN 'posted'
+          THEN COALESCE((SELECT amount FROM transfers WHERE kind = 'post' AND pending_id = p.id), 0) ELSE 0 END,
+        error_code = CASE p.state WHEN 'posted' THEN r.error_code
+          ELSE COALESCE(r.error_code, CASE p.state WHEN 'expired' THEN 'RESERVATION_EXPIRED' ELSE 'INTERRUPTED' END) END,
+        status = CASE p.state WHEN 'posted' THEN 'completed' ELSE 'failed' END,
+        completed_at = $2
+      FROM transfers AS p
+      WHERE p.id = 'reserve:' || r.id AND r.status = 'pending'
+        AND (p.state = 'expired' OR (r.created_at <= $1 AND p.state IN ('posted', 'voided')))`, [before, now])
+    return r.rowCount ?? 0
   }
 
   async receipts (payer: string, opts: { limit?: number } = {}): Promise<Receipt[]> {

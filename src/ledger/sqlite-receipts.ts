@@ -93,6 +93,17 @@ export class Receipts {
       ON CONFLICT (id) DO UPDATE SET ${cols.slice(1).map((c) => `${c} = excluded.${c}`).join(', ')}`)
     this.select = db.prepare('SELECT * FROM receipts WHERE id = ?')
     this.byPayer = db.prepare('SELECT * FROM receipts WHERE payer = ? ORDER BY created_at DESC, rowid DESC LIMIT ?')
+    // The reservation decides: posted → completed at the posted amount; voided or expired → failed.
+    // Primary-key lookups only: the reservation row, and its post (resolved once per pending).
+    const state = "(SELECT state FROM transfers WHERE id = 'reserve:' || receipts.id)"
+    this.stale = db.prepare(`UPDATE receipts SET
+      charged_amount = CASE ${state} WHEN 'posted'
+        THEN COALESCE((SELECT amount FROM transfers WHERE kind = 'post' AND pending_id = 'reserve:' || receipts.id), 0) ELSE 0 END,
+      error_code = CASE ${state} WHEN 'posted' THEN error_code
+        ELSE COALESCE(error_code, CASE ${state} WHEN 'expired' THEN 'RESERVATION_EXPIRED' ELSE 'INTERRUPTED' END) END,
+      status = CASE ${state} WHEN 'posted' THEN 'completed' ELSE 'failed' END,
+      completed_at = @now
+    WHERE status = 'pending' AND (${state} = 'expired' OR (created_at <= @before AND ${state} IN ('posted', 'voided')))`)
   }
 
   put (r: Receipt): void {
@@ -113,6 +124,12 @@ export class Receipts {
     this.upsert.run(toParams(next))
     return next
   }
+
+  closeStale (before: number, now: number): number {
+    return this.stale.run({ before: BigInt(before), now: BigInt(now) }).changes
+  }
+
+  private readonly stale: Database.Statement
 
   list (payer: string, limit: number): Receipt[] {
     return (this.byPayer.all(payer, BigInt(limit)) as ReceiptRow[]).map(toReceipt)

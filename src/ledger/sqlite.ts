@@ -291,6 +291,12 @@ class SqliteLedger extends SqliteStoreBase implements LedgerStore {
     return this.receiptsTable.list(checkId('payer', payer), checkLimit(opts.limit))
   }
 
+  async closeStaleReceipts (before: number, now: number): Promise<number> {
+    checkEpochMs('before', before)
+    checkEpochMs('now', now)
+    return this.tx(() => this.receiptsTable.closeStale(before, now))
+  }
+
   async totals (): Promise<LedgerTotals> {
     return this.snapshot(() => this.audit.totals())
   }

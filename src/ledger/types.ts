@@ -214,6 +214,16 @@ export interface LedgerStore extends LedgerAccessStore {
   getReceipt (id: string): Promise<Receipt | null>
   /** A payer's receipts, most recent first. */
   receipts (payer: string, opts?: { limit?: number }): Promise<Receipt[]>
+  /**
+   * Finishes receipts their request never finished (its replica died, or the ledger failed between
+   * the money and the receipt): each still 'pending' whose reservation (the pending transfer
+   * `reserve:<receipt id>`, as the chat path names it) expired, or was posted or voided and the
+   * receipt was created at or before `before` (a grace for its own request to write it).
+   * Posted → 'completed' with the posted amount as charged; voided or expired → 'failed' with
+   * charged 0 and error code RESERVATION_EXPIRED or INTERRUPTED (unless one was recorded).
+   * Returns how many receipts it finished. One statement; idempotent.
+   */
+  closeStaleReceipts (before: number, now: number): Promise<number>
 
   /**
    * Provisional credit for optimistic settlement, in one transaction: posts the deposit (meta
