@@ -86,6 +86,24 @@ export default async function adminRoutes (app: FastifyInstance) {
     return { account: a, blocked: null }
   })
 
+  // Margin from the ledger: revenue is what was posted to system:revenue (charges), upstream cost
+  // what went on to system:upstream_cost, margin the difference; per model (the receipt's) and in total.
+  app.get<{ Querystring: { from?: string, to?: string, format?: string } }>('/margin', async (req, reply) => {
+    const { fromMs, toMs } = usageWindow(req.query, app.clock())
+    const rows = await app.ledger.margin({ fromMs, toMs })
+    const view = (r: { requests: number, revenue: bigint, upstreamCost: bigint }) => ({
+      requests: r.requests, revenue: formatLedger(r.revenue), upstream_cost: formatLedger(r.upstreamCost), margin: formatLedger(r.revenue - r.upstreamCost),
+    })
+    const models = rows.map((r) => ({ model: r.model, ...view(r) }))
+    if (req.query.format === 'csv') {
+      const lines = models.map((m) => [m.model ?? '', m.requests, m.revenue, m.upstream_cost, m.margin].join(','))
+      return reply.header('content-type', 'text/csv; charset=utf-8').send(['model,requests,revenue,upstream_cost,margin', ...lines].join('\n') + '\n')
+    }
+    const total = rows.reduce((a, r) => ({ requests: a.requests + r.requests, revenue: a.revenue + r.revenue, upstreamCost: a.upstreamCost + r.upstreamCost }),
+      { requests: 0, revenue: 0n, upstreamCost: 0n })
+    return { from: new Date(fromMs).toISOString(), to: new Date(toMs).toISOString(), total: view(total), models }
+  })
+
   app.get<{ Querystring: { from?: string, to?: string, format?: string } }>('/usage', async (req, reply) => {
     const { fromMs, toMs } = usageWindow(req.query, app.clock())
     const rows = await app.ledger.usageAll({ fromMs, toMs })

@@ -140,7 +140,7 @@ t.test('sqlite: a version-2 ledger file is upgraded in place, its claims intact 
   t.teardown(() => ledger.close())
   const check = new Database(path, { readonly: true })
   t.teardown(() => check.close())
-  t.same(check.prepare('SELECT version FROM schema_migrations ORDER BY version').pluck().all(), [1, 2, 3])
+  t.same(check.prepare('SELECT version FROM schema_migrations ORDER BY version').pluck().all(), [1, 2, 3, 4])
   const settled = { network: 'n', asset: 'a', payer: '0xab', nonce: '0x01' }
   t.same(await ledger.getPaymentClaim(settled), {
     ...settled, requestId: 'req-old', amount: 500n, status: 'settled', txHash: '0xtx', error: null, depositId: 'dep-old',

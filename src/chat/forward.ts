@@ -25,6 +25,14 @@ export interface Verdict { verified: boolean, teeId?: string, step?: string, rea
 
 const MAX_UPSTREAM_BODY = 8 * 1024 * 1024
 
+/** The enclave's reported cost (`opengradient.cost_usd`, string or number), verbatim as a string. */
+function costUsdOf (og: unknown): string | undefined {
+  const c = (og as { cost_usd?: unknown } | undefined)?.cost_usd
+  if (typeof c === 'string') return c
+  if (typeof c === 'number' && Number.isFinite(c)) return String(c)
+  return undefined
+}
+
 function proofOf (o: Record<string, unknown>): TeeProof {
   return {
     tee_id: o.tee_id, tee_request_hash: o.tee_request_hash, tee_output_hash: o.tee_output_hash,
@@ -91,12 +99,12 @@ export async function forwardNonStream (deps: ForwardDeps, prepared: PreparedCha
   try { outputCanonical = canonicalOutputOf(body) } catch { outputCanonical = '' }
   const verdict = verifyTeeProof({ requestHash: prepared.requestHash, outputCanonical, proof, trustedKey: target.publicKeyPem, expectedTeeId: target.teeId })
   deps.onVerdict?.(verdict.verified ? 'verified' : verdict.step)
+  const costUsd = costUsdOf(body.opengradient)
   if (!verdict.verified) {
-    await voidReservation(deps.ledger, r, 'proof_unverified')
+    // Not charged, but the enclave's reported cost is booked: the margin shows the loss.
+    await voidReservation(deps.ledger, r, 'proof_unverified', costUsd)
     throw new GatewayError('PROOF_UNVERIFIED', { reason: verdict.step, detail: verdict.reason })
   }
-  const og = body.opengradient as { cost_usd?: unknown } | undefined
-  const costUsd = og && typeof og.cost_usd === 'string' ? og.cost_usd : (og && typeof og.cost_usd === 'number' ? String(og.cost_usd) : undefined)
   const charge = await postCharge(deps.ledger, r, prepared, {
     usage: body.usage as never, costUsd, outputChars: outputCanonical.length,
   })
@@ -191,7 +199,7 @@ export async function forwardStream (deps: ForwardDeps, prepared: PreparedChat, 
   }
 
   if (failed || !finalFrame || inBandError !== undefined) {
-    const v = await voidReservation(deps.ledger, r, inBandError !== undefined ? 'upstream_in_band_error' : 'upstream_stream_incomplete')
+    const v = await voidReservation(deps.ledger, r, inBandError !== undefined ? 'upstream_in_band_error' : 'upstream_stream_incomplete', costUsdOf(acc.opengradient))
     const code = inBandError !== undefined ? 'upstream_error' : 'upstream_stream_incomplete'
     await sink.write(`data: ${JSON.stringify({ error: { code, message: 'The stream ended without a verified answer; you were not charged.', type: 'api_error' }, x402_gateway: { request_id: r.requestId, verified: false, charged: '0', balance: formatLedger(v.balance) } })}\n\n`)
     await sink.write('data: [DONE]\n\n')
@@ -202,8 +210,7 @@ export async function forwardStream (deps: ForwardDeps, prepared: PreparedChat, 
   const proof = proofOf(finalFrame)
   const verdict = verifyTeeProof({ requestHash: prepared.requestHash, outputCanonical: acc.canonicalOutput(), proof, trustedKey: target.publicKeyPem, expectedTeeId: target.teeId })
   deps.onVerdict?.(verdict.verified ? 'verified' : verdict.step)
-  const og = acc.opengradient as { cost_usd?: unknown } | undefined
-  const costUsd = og && (typeof og.cost_usd === 'string' || typeof og.cost_usd === 'number') ? String(og.cost_usd) : undefined
+  const costUsd = costUsdOf(acc.opengradient)
   let charged = 0n
   let balance: bigint
   let usage: StreamResult['usage']
@@ -211,7 +218,7 @@ export async function forwardStream (deps: ForwardDeps, prepared: PreparedChat, 
     const c = await postCharge(deps.ledger, r, prepared, { usage: acc.usage as never, costUsd, outputChars: acc.outputChars })
     charged = c.amount; balance = c.balance; usage = c.usage
   } else {
-    balance = (await voidReservation(deps.ledger, r, 'proof_unverified')).balance
+    balance = (await voidReservation(deps.ledger, r, 'proof_unverified', costUsd)).balance
   }
   const gw = {
     request_id: r.requestId,

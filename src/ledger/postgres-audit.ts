@@ -44,6 +44,19 @@ SELECT r.id FROM transfers r LEFT JOIN transfers p ON p.id = r.pending_id
 WHERE r.pending_id IS NOT NULL AND (p.id IS NULL OR p.kind <> 'pending'))
 LIMIT 20`
 
+// An upstream cost is positive, system:revenue → system:upstream_cost, one per request, and refers to
+// the request's reservation (the charge it belongs to); nothing else moves system:upstream_cost.
+const BAD_UPSTREAM_COSTS = `
+(SELECT u.id FROM transfers u WHERE u.kind = 'upstream_cost' AND (u.amount <= 0
+    OR u.debit_account <> 'system:revenue' OR u.credit_account <> 'system:upstream_cost' OR u.reference IS NULL
+    OR NOT EXISTS (SELECT 1 FROM transfers p WHERE p.kind = 'pending' AND p.reference = u.reference))
+UNION ALL
+SELECT reference FROM transfers WHERE kind = 'upstream_cost' GROUP BY reference HAVING count(*) > 1
+UNION ALL
+SELECT id FROM transfers WHERE kind <> 'upstream_cost'
+  AND (debit_account = 'system:upstream_cost' OR credit_account = 'system:upstream_cost'))
+LIMIT 20`
+
 // A claim's deposit must exist; it is settled, or provisional and either still open or reversed. A
 // reversal must add up to the deposit and, when it took anything back, match its refund transfer.
 const BAD_CLAIMS = `
@@ -61,6 +74,7 @@ const CHECKS: Array<[string, string]> = [
   ['account columns differ from their transfers', DRIFTED_ACCOUNTS],
   ['pending transfers resolved other than exactly once', BAD_RESOLUTIONS],
   ['payment claims with an invalid deposit', BAD_CLAIMS],
+  ['upstream costs without their request or out of shape', BAD_UPSTREAM_COSTS],
 ]
 
 export class PgAudit {

@@ -3,7 +3,8 @@ import { LedgerArgumentInvalid } from './errors.ts'
 import { big, type Db, num, numOrNull, q } from './postgres-db.ts'
 import { toBalance, toTransfer, TRANSFER_COLUMNS, type PgTransferRow } from './postgres-transfers.ts'
 import { checkAmount, checkEpochMs, checkId } from './validate.ts'
-import type { Balance, PayerUsageDay, Receipt, ReceiptPatch, ReceiptStatus, Transfer, UsageDay, UsageWindow } from './types.ts'
+import { MARGIN_SQL } from './sqlite-reports.ts'
+import type { Balance, MarginRow, PayerUsageDay, Receipt, ReceiptPatch, ReceiptStatus, Transfer, UsageDay, UsageWindow } from './types.ts'
 
 // Receipts and the read-side reports on PostgreSQL, mirroring sqlite-receipts.ts and sqlite-reports.ts.
 
@@ -144,6 +145,13 @@ export class PgReports {
     const r = await q<PgTransferRow>(db, `SELECT ${TRANSFER_COLUMNS} FROM transfers
       WHERE debit_account = $1 AND state = 'pending' ORDER BY seq DESC`, [account])
     return r.rows.map(toTransfer)
+  }
+
+  /** The SQLite query (sqlite-reports.ts), with SQLite's order: nulls first, byte order. */
+  async margin (db: Db, w: UsageWindow): Promise<MarginRow[]> {
+    const r = await q<{ model: string | null, requests: string, revenue: string, cost: string }>(db,
+      `${MARGIN_SQL('$1', '$2')} COLLATE "C" NULLS FIRST`, [w.fromMs, w.toMs])
+    return r.rows.map((row) => ({ model: row.model, requests: num(row.requests), revenue: big(row.revenue), upstreamCost: big(row.cost) }))
   }
 
   async accounts (db: Db, limit: number, offset: number): Promise<Balance[]> {

@@ -1,6 +1,7 @@
 import type pg from 'pg'
 import { PG_V1_LEDGER } from './postgres-schema-v1.ts'
 import { PG_V2_RECORDS } from './postgres-schema-v2.ts'
+import { PG_V3_UPSTREAM_COST } from './postgres-schema-v3.ts'
 
 // Numbered migrations, applied at start-up. Several replicas may start at once: each migration runs
 // in its own transaction that first takes a transaction-scoped advisory lock, then re-checks
@@ -11,6 +12,7 @@ export interface PgMigration { version: number, name: string, sql: string }
 export const PG_MIGRATIONS: readonly PgMigration[] = [
   { version: 1, name: 'accounts, transfers and blocked accounts', sql: PG_V1_LEDGER },
   { version: 2, name: 'payment claims, receipts, api keys, nonces, idempotency', sql: PG_V2_RECORDS },
+  { version: 3, name: 'upstream cost transfers', sql: PG_V3_UPSTREAM_COST },
 ]
 
 /** The advisory lock every migrating replica queues on: the ASCII bytes of 'x402:mig' as an int8. */

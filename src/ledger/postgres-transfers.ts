@@ -1,8 +1,8 @@
 import type pg from 'pg'
-import { PendingAlreadyResolved, PendingNotFound, PostExceedsPending, TransferIdConflict } from './errors.ts'
+import { LedgerArgumentInvalid, PendingAlreadyResolved, PendingNotFound, PostExceedsPending, TransferIdConflict } from './errors.ts'
 import { big, type Db, num, numOrNull, q } from './postgres-db.ts'
-import type { Fingerprint, NewTransfer } from './sqlite-transfers.ts'
-import { canonicalMeta } from './validate.ts'
+import { upstreamCostTransfer, type Fingerprint, type NewTransfer } from './sqlite-transfers.ts'
+import { canonicalMeta, type CheckedUpstreamCost } from './validate.ts'
 import type { Balance, PendingState, Transfer, TransferKind, TransferResult } from './types.ts'
 
 // The transfer building blocks of the PostgreSQL store, mirroring sqlite-transfers.ts. Each runs on
@@ -200,6 +200,19 @@ export class PgTransfers {
       pendingId: pending.id,
       meta,
     })
+  }
+
+  /**
+   * A request's upstream cost (see sqlite-transfers.ts). The caller holds the reservation's row
+   * lock, which serializes every write about this request; the unique index is the backstop.
+   */
+  async upstreamCost (c: pg.PoolClient, pending: Transfer, u: CheckedUpstreamCost): Promise<TransferResult> {
+    const { id, ...fingerprint } = upstreamCostTransfer(pending, u)
+    const seen = await this.existing(c, id, { ...fingerprint, meta: fingerprint.meta ?? null })
+    if (seen) return seen
+    const other = await q<{ id: string }>(c, "SELECT id FROM transfers WHERE kind = 'upstream_cost' AND reference = $1", [fingerprint.reference])
+    if (other.rows[0]) throw new LedgerArgumentInvalid('upstreamCost.id', `differs from ${other.rows[0].id}, the upstream cost already recorded for ${fingerprint.reference}`)
+    return { transfer: await this.append(c, { id, ...fingerprint }), duplicate: false }
   }
 
   /** Expiry ids derive from the pending id, so a retried sweep can never expire the same pending twice. */

@@ -1,6 +1,6 @@
 import pg from 'pg'
 import { assertPayerAccount, SYSTEM_ACCOUNTS } from './accounts.ts'
-import { InsufficientCredit, LedgerArgumentInvalid, LedgerInvariantBroken, PendingAlreadyResolved } from './errors.ts'
+import { InsufficientCredit, LedgerArgumentInvalid, LedgerInvariantBroken, PendingAlreadyResolved, PendingNotFound } from './errors.ts'
 import { PgAudit } from './postgres-audit.ts'
 import { PgStoreBase } from './postgres-base.ts'
 import { isCheck, isRefusal } from './postgres-db.ts'
@@ -11,12 +11,13 @@ import { sameRequest } from './postgres-transfers.ts'
 import type { NewTransfer } from './sqlite-transfers.ts'
 import {
   canonicalMeta, checkAmount, checkEpochMs, checkId, checkLimit, checkListClaims, checkPositiveInt, checkText,
-  checkUnixSeconds, normalizeClaimKey,
+  checkUnixSeconds, checkUpstreamCost, checkWindow, type CheckedUpstreamCost, normalizeClaimKey,
 } from './validate.ts'
 import type {
   AccountBlock, Balance, ClaimResult, DepositInput, GrantInput, LedgerStore, LedgerTotals, ListPaymentClaimsInput,
-  PaymentClaim, PaymentClaimInput, PaymentClaimKey, PaymentClaimUpdate, PostInput, ProvisionalDepositInput, ReserveInput,
-  ReserveResult, ReverseProvisionalInput, ReverseProvisionalResult, SettleDepositInput, Transfer, TransferResult, VoidInput,
+  MarginRow, PaymentClaim, PaymentClaimInput, PaymentClaimKey, PaymentClaimUpdate, PostInput, ProvisionalDepositInput,
+  RecordUpstreamCostInput, ReserveInput, ReserveResult, ReverseProvisionalInput, ReverseProvisionalResult, SettleDepositInput,
+  Transfer, TransferResult, UsageWindow, VoidInput,
 } from './types.ts'
 
 export interface PostgresLedgerOptions {
@@ -168,9 +169,8 @@ class PostgresLedger extends PgStoreBase implements LedgerStore {
     const pendingId = checkId('pendingId', input.pendingId)
     const id = checkId('id', input.id)
     const amount = checkAmount('amount', input.amount, { allowZero: true })
-    return this.resolve(pendingId, async (c) => {
-      // Lock the pending first: a concurrent resolution of it commits before our checks run.
-      const locked = await this.engine.get(c, pendingId, { lock: true })
+    const upstream = checkUpstreamCost(input.upstreamCost)
+    return this.resolve(pendingId, upstream, async (c, locked) => {
       const seen = await this.engine.existing(c, id, { kind: 'post', pendingId, amount })
       if (seen) return seen
       const open = await this.engine.openPending(c, pendingId, locked)
@@ -183,8 +183,8 @@ class PostgresLedger extends PgStoreBase implements LedgerStore {
     const pendingId = checkId('pendingId', input.pendingId)
     const id = checkId('id', input.id)
     const meta = canonicalMeta({ reason: checkText('reason', input.reason) })
-    return this.resolve(pendingId, async (c) => {
-      const locked = await this.engine.get(c, pendingId, { lock: true })
+    const upstream = checkUpstreamCost(input.upstreamCost)
+    return this.resolve(pendingId, upstream, async (c, locked) => {
       const seen = await this.engine.existing(c, id, { kind: 'void', pendingId, meta })
       if (seen) return seen
       const open = await this.engine.openPending(c, pendingId, locked)
@@ -193,11 +193,36 @@ class PostgresLedger extends PgStoreBase implements LedgerStore {
     })
   }
 
-  /** null from the step means "expired during this call": commit that, then report it. */
-  private async resolve (pendingId: string, step: (c: pg.PoolClient) => Promise<TransferResult | null>): Promise<TransferResult> {
-    const result = await this.tx(step)
+  /**
+   * Locks the pending first (a concurrent resolution of it commits before the step's checks run).
+   * null from the step means "expired during this call": commit that, then report it. The upstream
+   * cost is recorded in the same transaction whatever the step decided (the upstream was paid
+   * either way); a step that throws records nothing.
+   */
+  private async resolve (pendingId: string, upstream: CheckedUpstreamCost | undefined,
+    step: (c: pg.PoolClient, locked: Transfer | null) => Promise<TransferResult | null>): Promise<TransferResult> {
+    const result = await this.tx(async (c) => {
+      const locked = await this.engine.get(c, pendingId, { lock: true })
+      const r = await step(c, locked)
+      if (upstream) await this.engine.upstreamCost(c, locked!, upstream)
+      return r
+    })
     if (result === null) throw new PendingAlreadyResolved(pendingId, 'expired')
     return result
+  }
+
+  async recordUpstreamCost (input: RecordUpstreamCostInput): Promise<TransferResult> {
+    const pendingId = checkId('pendingId', input?.pendingId)
+    const upstream = checkUpstreamCost(input)!
+    return this.tx(async (c) => {
+      const p = await this.engine.get(c, pendingId, { lock: true })
+      if (!p || p.kind !== 'pending') throw new PendingNotFound(pendingId)
+      return this.engine.upstreamCost(c, p, upstream)
+    })
+  }
+
+  async margin (window: UsageWindow): Promise<MarginRow[]> {
+    return this.reports.margin(this.pool, checkWindow(window))
   }
 
   async expirePending (now: number): Promise<number> {

@@ -1,5 +1,6 @@
 import type Database from 'better-sqlite3'
 import { V3_ACCESS_AND_OPTIMISTIC } from './sqlite-schema-v3.ts'
+import { V4_UPSTREAM_COST } from './sqlite-schema-v4.ts'
 
 // The SQLite schema is where the ledger rules live. JavaScript checks arguments and picks the
 // friendly error, but a buggy caller, a second process or a hand-typed SQL statement still cannot:
@@ -12,7 +13,13 @@ import { V3_ACCESS_AND_OPTIMISTIC } from './sqlite-schema-v3.ts'
 // Account balances are maintained by the AFTER INSERT trigger on transfers, so the transfers are
 // the single source of truth and the balance columns can never drift from them.
 
-export interface Migration { version: number, name: string, sql: string }
+export interface Migration {
+  version: number
+  name: string
+  sql: string
+  /** Rebuilds a table others reference: run with foreign keys off, then foreign_key_check before commit. */
+  rebuildsReferencedTable?: boolean
+}
 
 const SYSTEM_IDS = "('system:deposits', 'system:revenue', 'system:grants', 'system:upstream_cost')"
 
@@ -156,6 +163,7 @@ export const MIGRATIONS: readonly Migration[] = [
   { version: 1, name: 'accounts and transfers', sql: V1_LEDGER },
   { version: 2, name: 'payment claims and receipts', sql: V2_PAYMENTS_RECEIPTS },
   { version: 3, name: 'api keys, nonces, idempotency, blocks, provisional deposits', sql: V3_ACCESS_AND_OPTIMISTIC },
+  { version: 4, name: 'upstream cost transfers', sql: V4_UPSTREAM_COST, rebuildsReferencedTable: true },
 ]
 
 /**
@@ -172,10 +180,30 @@ export function migrate (db: Database.Database, now: number): void {
     throw new Error(`ledger database has schema version ${newest.v}, newer than this build knows (${known})`)
   }
   for (const m of MIGRATIONS) {
-    db.transaction(() => {
-      if (applied.get(m.version) !== undefined) return
-      db.exec(m.sql)
-      record.run(m.version, m.name, BigInt(now))
-    }).immediate()
+    if (applied.get(m.version) !== undefined) continue
+    // PRAGMA foreign_keys is a no-op inside a transaction, so it is switched around it; the
+    // legacy_alter_table switch keeps the final RENAME from re-parsing other tables' triggers,
+    // which name transfers while it briefly does not exist.
+    const fkWasOn = m.rebuildsReferencedTable === true && Number(db.pragma('foreign_keys', { simple: true })) === 1
+    if (m.rebuildsReferencedTable) {
+      db.pragma('foreign_keys = OFF')
+      db.pragma('legacy_alter_table = ON')
+    }
+    try {
+      db.transaction(() => {
+        if (applied.get(m.version) !== undefined) return
+        db.exec(m.sql)
+        if (m.rebuildsReferencedTable) {
+          const broken = db.pragma('foreign_key_check') as unknown[]
+          if (broken.length > 0) throw new Error(`ledger migration ${m.version} would break ${broken.length} foreign keys`)
+        }
+        record.run(m.version, m.name, BigInt(now))
+      }).immediate()
+    } finally {
+      if (m.rebuildsReferencedTable) {
+        db.pragma('legacy_alter_table = OFF')
+        if (fkWasOn) db.pragma('foreign_keys = ON')
+      }
+    }
   }
 }

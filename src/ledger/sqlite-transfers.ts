@@ -1,6 +1,7 @@
 import type Database from 'better-sqlite3'
-import { PendingAlreadyResolved, PendingNotFound, PostExceedsPending, TransferIdConflict } from './errors.ts'
-import { canonicalMeta } from './validate.ts'
+import { LedgerArgumentInvalid, PendingAlreadyResolved, PendingNotFound, PostExceedsPending, TransferIdConflict } from './errors.ts'
+import { SYSTEM_ACCOUNTS } from './accounts.ts'
+import { canonicalMeta, type CheckedUpstreamCost } from './validate.ts'
 import type { Balance, PendingState, Transfer, TransferKind, TransferResult } from './types.ts'
 
 // Synchronous building blocks that run inside a transaction opened by the caller. The store wraps
@@ -182,6 +183,27 @@ export class TransferEngine {
     })
   }
 
+  /**
+   * A request's upstream cost, referenced by its reservation's reference (the request id).
+   * Idempotent on id; another id for a request that already has one is refused.
+   */
+  upstreamCost (pending: Transfer, u: CheckedUpstreamCost): TransferResult {
+    const { id, ...fingerprint } = upstreamCostTransfer(pending, u)
+    const t = { id, ...fingerprint }
+    const seen = this.existing(id, { ...fingerprint, meta: t.meta ?? null })
+    if (seen) return seen
+    const other = this.upstreamByReference.get(t.reference) as { id: string } | undefined
+    if (other) throw new LedgerArgumentInvalid('upstreamCost.id', `differs from ${other.id}, the upstream cost already recorded for ${t.reference}`)
+    return { transfer: this.append(t), duplicate: false }
+  }
+
+  private get upstreamByReference (): Database.Statement {
+    this.upstreamStmt ??= this.db.prepare("SELECT id FROM transfers WHERE kind = 'upstream_cost' AND reference = ?")
+    return this.upstreamStmt
+  }
+
+  private upstreamStmt: Database.Statement | undefined
+
   /** Expiry ids derive from the pending id, so a retried sweep can never expire the same pending twice. */
   expire (pending: Transfer): Transfer {
     return this.append({
@@ -192,5 +214,18 @@ export class TransferEngine {
       amount: pending.amount,
       pendingId: pending.id,
     })
+  }
+}
+
+/** The upstream_cost transfer for a reservation: system:revenue → system:upstream_cost, referenced by the request. */
+export function upstreamCostTransfer (pending: Transfer, u: CheckedUpstreamCost): NewTransfer & { reference: string } {
+  return {
+    id: u.id,
+    kind: 'upstream_cost',
+    debitAccount: SYSTEM_ACCOUNTS.revenue,
+    creditAccount: SYSTEM_ACCOUNTS.upstreamCost,
+    amount: u.amount,
+    reference: pending.reference ?? pending.id,
+    meta: u.meta,
   }
 }

@@ -1,6 +1,6 @@
 import Database from 'better-sqlite3'
 import { assertPayerAccount, SYSTEM_ACCOUNTS } from './accounts.ts'
-import { InsufficientCredit, LedgerArgumentInvalid, LedgerInvariantBroken, PendingAlreadyResolved } from './errors.ts'
+import { InsufficientCredit, LedgerArgumentInvalid, LedgerInvariantBroken, PendingAlreadyResolved, PendingNotFound } from './errors.ts'
 import { Audit } from './sqlite-audit.ts'
 import { SqliteStoreBase } from './sqlite-base.ts'
 import { PaymentClaims } from './sqlite-payments.ts'
@@ -10,13 +10,13 @@ import { migrate } from './sqlite-schema.ts'
 import type { NewTransfer } from './sqlite-transfers.ts'
 import {
   canonicalMeta, checkAmount, checkEpochMs, checkId, checkLimit, checkListClaims, checkPositiveInt, checkText,
-  checkUnixSeconds, normalizeClaimKey,
+  checkUnixSeconds, checkUpstreamCost, checkWindow, type CheckedUpstreamCost, normalizeClaimKey,
 } from './validate.ts'
 import type {
   AccountBlock, Balance, ClaimResult, DepositInput, GrantInput, LedgerStore, LedgerTotals, ListPaymentClaimsInput,
-  PaymentClaim, PaymentClaimInput, PaymentClaimKey, PaymentClaimUpdate, PostInput, ProvisionalDepositInput, Receipt,
-  ReceiptPatch, ReserveInput, ReserveResult, ReverseProvisionalInput, ReverseProvisionalResult, SettleDepositInput,
-  Transfer, TransferResult, VoidInput,
+  MarginRow, PaymentClaim, PaymentClaimInput, PaymentClaimKey, PaymentClaimUpdate, PostInput, ProvisionalDepositInput, Receipt,
+  ReceiptPatch, RecordUpstreamCostInput, ReserveInput, ReserveResult, ReverseProvisionalInput, ReverseProvisionalResult,
+  SettleDepositInput, Transfer, TransferResult, UsageWindow, VoidInput,
 } from './types.ts'
 
 export interface SqliteLedgerOptions {
@@ -163,7 +163,8 @@ class SqliteLedger extends SqliteStoreBase implements LedgerStore {
     const pendingId = checkId('pendingId', input.pendingId)
     const id = checkId('id', input.id)
     const amount = checkAmount('amount', input.amount, { allowZero: true })
-    return this.resolve(pendingId, () => {
+    const upstream = checkUpstreamCost(input.upstreamCost)
+    return this.resolve(pendingId, upstream, () => {
       const seen = this.engine.existing(id, { kind: 'post', pendingId, amount })
       if (seen) return seen
       const open = this.engine.openPending(pendingId)
@@ -176,7 +177,8 @@ class SqliteLedger extends SqliteStoreBase implements LedgerStore {
     const pendingId = checkId('pendingId', input.pendingId)
     const id = checkId('id', input.id)
     const meta = canonicalMeta({ reason: checkText('reason', input.reason) })
-    return this.resolve(pendingId, () => {
+    const upstream = checkUpstreamCost(input.upstreamCost)
+    return this.resolve(pendingId, upstream, () => {
       const seen = this.engine.existing(id, { kind: 'void', pendingId, meta })
       if (seen) return seen
       const open = this.engine.openPending(pendingId)
@@ -185,11 +187,34 @@ class SqliteLedger extends SqliteStoreBase implements LedgerStore {
     })
   }
 
-  /** null from the step means "expired during this call": commit that, then report it. */
-  private resolve (pendingId: string, step: () => TransferResult | null): TransferResult {
-    const result = this.tx(step)
+  /**
+   * null from the step means "expired during this call": commit that, then report it. The upstream
+   * cost is recorded in the same transaction whatever the step decided (the upstream was paid
+   * either way); a step that throws records nothing.
+   */
+  private resolve (pendingId: string, upstream: CheckedUpstreamCost | undefined, step: () => TransferResult | null): TransferResult {
+    const result = this.tx(() => {
+      const r = step()
+      if (upstream) this.engine.upstreamCost(this.engine.get(pendingId)!, upstream)
+      return r
+    })
     if (result === null) throw new PendingAlreadyResolved(pendingId, 'expired')
     return result
+  }
+
+  async recordUpstreamCost (input: RecordUpstreamCostInput): Promise<TransferResult> {
+    const pendingId = checkId('pendingId', input?.pendingId)
+    const upstream = checkUpstreamCost(input)!
+    return this.tx(() => {
+      const p = this.engine.get(pendingId)
+      if (!p || p.kind !== 'pending') throw new PendingNotFound(pendingId)
+      return this.engine.upstreamCost(p, upstream)
+    })
+  }
+
+  async margin (window: UsageWindow): Promise<MarginRow[]> {
+    const w = checkWindow(window)
+    return this.snapshot(() => this.reports.margin(w))
   }
 
   async expirePending (now: number): Promise<number> {

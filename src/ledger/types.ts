@@ -3,11 +3,11 @@
 // nonce credits once) are enforced where the data lives, so two replicas sharing a store cannot
 // break them by racing. Amounts are bigint ledger units (see src/money.ts), never numbers.
 
-import type { LedgerAccessStore } from './types-access.ts'
+import type { LedgerAccessStore, UsageWindow } from './types-access.ts'
 
 export type * from './types-access.ts'
 
-export type TransferKind = 'deposit' | 'grant' | 'clawback' | 'pending' | 'post' | 'void' | 'expire' | 'refund'
+export type TransferKind = 'deposit' | 'grant' | 'clawback' | 'pending' | 'post' | 'void' | 'expire' | 'refund' | 'upstream_cost'
 export type PendingState = 'pending' | 'posted' | 'voided' | 'expired'
 /** Flat JSON only, so that idempotency can compare it canonically. */
 export type TransferMeta = Record<string, string | number | boolean | null>
@@ -58,9 +58,33 @@ export interface ReserveInput {
    */
   maxOpen?: number
 }
-/** amount may be 0n (release everything, but record that the request was settled, not voided). */
-export interface PostInput { pendingId: string, id: string, amount: bigint }
-export interface VoidInput { pendingId: string, id: string, reason: string }
+/**
+ * What the gateway paid the upstream (enclave) for one request, in ledger units (> 0): posted as a
+ * kind 'upstream_cost' transfer system:revenue → system:upstream_cost whose reference is the
+ * reservation's reference (the request id). At most one per request; idempotent on id.
+ */
+export interface UpstreamCostInput { id: string, amount: bigint, meta?: TransferMeta }
+/**
+ * amount may be 0n (release everything, but record that the request was settled, not voided).
+ * upstreamCost, when given, is recorded in the same transaction (see UpstreamCostInput).
+ */
+export interface PostInput { pendingId: string, id: string, amount: bigint, upstreamCost?: UpstreamCostInput }
+export interface VoidInput { pendingId: string, id: string, reason: string, upstreamCost?: UpstreamCostInput }
+export interface RecordUpstreamCostInput extends UpstreamCostInput {
+  /** The request's reservation (any state): the cost's reference is its reference. */
+  pendingId: string
+}
+/** One model's money over a window (transfer times): what payers were charged and what the upstream cost. */
+export interface MarginRow {
+  /** The receipt's model; null for ledger entries without a receipt. */
+  model: string | null
+  /** Requests with a charge (post, possibly 0) or an upstream cost in the window. */
+  requests: number
+  /** Posted charges (pending → system:revenue). */
+  revenue: bigint
+  /** upstream_cost transfers. */
+  upstreamCost: bigint
+}
 
 /** Every failure carries the payer's available credit at the time of the refusal. */
 export type ReserveResult =
@@ -187,6 +211,15 @@ export interface LedgerStore extends LedgerAccessStore {
   post (input: PostInput): Promise<TransferResult>
   /** Releases the whole pending amount; same idempotency and expiry rules as post. */
   void (input: VoidInput): Promise<TransferResult>
+  /**
+   * The upstream cost of a request on its own (when its reservation was already resolved or
+   * expired). Throws PendingNotFound when pendingId is not a reservation; idempotent on id (same
+   * fields → duplicate, other fields → TransferIdConflict); a second cost for the same request
+   * under another id is refused by the schema.
+   */
+  recordUpstreamCost (input: RecordUpstreamCostInput): Promise<TransferResult>
+  /** Revenue, upstream cost and request count per model, for transfers created in [fromMs, toMs); ordered by model. */
+  margin (window: UsageWindow): Promise<MarginRow[]>
   /** Expires every pending transfer with timeoutAt <= now; returns how many. */
   expirePending (now: number): Promise<number>
   /** Zeros for an account that has never moved money. */

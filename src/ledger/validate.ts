@@ -1,7 +1,7 @@
 import { LedgerAmountInvalid, LedgerArgumentInvalid } from './errors.ts'
 import type {
   BeginIdempotentInput, CreateApiKeyInput, IdempotentKey, ListPaymentClaimsInput, PaymentClaimStatus, PaymentClaimKey,
-  StoredResponse, TransferMeta, UsageWindow,
+  StoredResponse, TransferMeta, UpstreamCostInput, UsageWindow,
 } from './types.ts'
 
 // Argument checks shared by every store. They reject malformed calls early with a typed error; the
@@ -168,4 +168,17 @@ export function checkStoredResponse (r: StoredResponse): StoredResponse {
   }
   if (typeof r.body !== 'string') throw new LedgerArgumentInvalid('response.body', 'must be a string')
   return { status: r.status, headers: { ...r.headers }, body: r.body }
+}
+
+/** An upstream cost as the stores take it: id and a positive amount checked, meta canonical. */
+export interface CheckedUpstreamCost { id: string, amount: bigint, meta: string | null }
+
+export function checkUpstreamCost (input: UpstreamCostInput | undefined): CheckedUpstreamCost | undefined {
+  if (input === undefined) return undefined
+  if (typeof input !== 'object' || input === null) throw new LedgerArgumentInvalid('upstreamCost', 'must be an object')
+  return {
+    id: checkId('upstreamCost.id', input.id),
+    amount: checkAmount('upstreamCost.amount', input.amount),
+    meta: canonicalMeta(input.meta),
+  }
 }
