@@ -9,6 +9,7 @@ import { PgBlocks, PgProvisional } from './postgres-provisional.ts'
 import { migrate } from './postgres-schema.ts'
 import { sameRequest } from './postgres-transfers.ts'
 import type { NewTransfer } from './sqlite-transfers.ts'
+import { grantTransfer, reserveTransfer } from './inputs.ts'
 import {
   canonicalMeta, checkAmount, checkEpochMs, checkId, checkLimit, checkListClaims, checkPositiveInt, checkText,
   checkUnixSeconds, checkUpstreamCost, checkWindow, type CheckedUpstreamCost, normalizeClaimKey,
@@ -86,12 +87,12 @@ class PostgresLedger extends PgStoreBase implements LedgerStore {
   }
 
   async grant (input: GrantInput): Promise<TransferResult> {
-    const t = this.grantTransfer('grant', input)
+    const t = grantTransfer('grant', input)
     return this.tx((c) => this.engine.postSimple(c, t), 'autocommit')
   }
 
   async clawback (input: GrantInput): Promise<TransferResult> {
-    const t = this.grantTransfer('clawback', input)
+    const t = grantTransfer('clawback', input)
     try {
       return await this.tx(async (c) => {
         // Locked: the credit seen here is the credit the clawback takes, on every replica.
@@ -108,28 +109,8 @@ class PostgresLedger extends PgStoreBase implements LedgerStore {
     }
   }
 
-  private grantTransfer (kind: 'grant' | 'clawback', input: GrantInput): NewTransfer {
-    const payer = assertPayerAccount(input.account)
-    return {
-      id: checkId('id', input.id),
-      kind,
-      debitAccount: kind === 'grant' ? SYSTEM_ACCOUNTS.grants : payer,
-      creditAccount: kind === 'grant' ? payer : SYSTEM_ACCOUNTS.grants,
-      amount: checkAmount('amount', input.amount),
-      meta: canonicalMeta({ reason: checkText('reason', input.reason) }),
-    }
-  }
-
   async reserve (input: ReserveInput): Promise<ReserveResult> {
-    const t: NewTransfer = {
-      id: checkId('id', input.id),
-      kind: 'pending',
-      debitAccount: assertPayerAccount(input.account),
-      creditAccount: SYSTEM_ACCOUNTS.revenue,
-      amount: checkAmount('amount', input.amount),
-      timeoutAt: checkEpochMs('timeoutAt', input.timeoutAt),
-      reference: checkText('reference', input.reference),
-    }
+    const t = reserveTransfer(input)
     const maxOpen = input.maxOpen === undefined ? undefined : checkPositiveInt('maxOpen', input.maxOpen)
     try {
       return await this.tx(async (c): Promise<ReserveResult> => {

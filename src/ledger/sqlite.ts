@@ -8,6 +8,7 @@ import { Blocks, Provisional } from './sqlite-provisional.ts'
 import { Receipts } from './sqlite-receipts.ts'
 import { migrate } from './sqlite-schema.ts'
 import type { NewTransfer } from './sqlite-transfers.ts'
+import { grantTransfer, reserveTransfer } from './inputs.ts'
 import {
   canonicalMeta, checkAmount, checkEpochMs, checkId, checkLimit, checkListClaims, checkPositiveInt, checkText,
   checkUnixSeconds, checkUpstreamCost, checkWindow, type CheckedUpstreamCost, normalizeClaimKey,
@@ -92,11 +93,11 @@ class SqliteLedger extends SqliteStoreBase implements LedgerStore {
   }
 
   async grant (input: GrantInput): Promise<TransferResult> {
-    return this.tx(() => this.engine.postSimple(this.grantTransfer('grant', input)))
+    return this.tx(() => this.engine.postSimple(grantTransfer('grant', input)))
   }
 
   async clawback (input: GrantInput): Promise<TransferResult> {
-    const t = this.grantTransfer('clawback', input)
+    const t = grantTransfer('clawback', input)
     try {
       return this.tx(() => this.engine.postSimple(t))
     } catch (err) {
@@ -105,28 +106,8 @@ class SqliteLedger extends SqliteStoreBase implements LedgerStore {
     }
   }
 
-  private grantTransfer (kind: 'grant' | 'clawback', input: GrantInput): NewTransfer {
-    const payer = assertPayerAccount(input.account)
-    return {
-      id: checkId('id', input.id),
-      kind,
-      debitAccount: kind === 'grant' ? SYSTEM_ACCOUNTS.grants : payer,
-      creditAccount: kind === 'grant' ? payer : SYSTEM_ACCOUNTS.grants,
-      amount: checkAmount('amount', input.amount),
-      meta: canonicalMeta({ reason: checkText('reason', input.reason) }),
-    }
-  }
-
   async reserve (input: ReserveInput): Promise<ReserveResult> {
-    const t: NewTransfer = {
-      id: checkId('id', input.id),
-      kind: 'pending',
-      debitAccount: assertPayerAccount(input.account),
-      creditAccount: SYSTEM_ACCOUNTS.revenue,
-      amount: checkAmount('amount', input.amount),
-      timeoutAt: checkEpochMs('timeoutAt', input.timeoutAt),
-      reference: checkText('reference', input.reference),
-    }
+    const t = reserveTransfer(input)
     const maxOpen = input.maxOpen === undefined ? undefined : checkPositiveInt('maxOpen', input.maxOpen)
     const available = (): bigint => this.engine.balance(t.debitAccount).available
     try {
