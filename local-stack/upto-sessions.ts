@@ -4,7 +4,7 @@ import { privateKeyToAccount } from 'viem/accounts'
 import { x402Facilitator } from '@x402/core/facilitator'
 import { decodePaymentSignatureHeader, encodePaymentRequiredHeader } from '@x402/core/http'
 import type { PaymentPayload, PaymentRequired, PaymentRequirements } from '@x402/core/types'
-import { toFacilitatorEvmSigner } from '@x402/evm'
+import { walletFacilitatorSigner } from '../src/x402/facilitator.ts'
 import { UptoEvmScheme } from '@x402/evm/upto/facilitator'
 
 // The reference backend's side of PROTOCOLS.md §7 "Payment to the backend": an unpaid call gets
@@ -81,15 +81,7 @@ export class UptoSessions {
     this.facilitatorAddress = account.address
     const chain = defineChain({ id: opts.chainId, name: `chain-${opts.chainId}`, nativeCurrency: { name: 'Ether', symbol: 'ETH', decimals: 18 }, rpcUrls: { default: { http: [opts.rpcUrl] } } })
     const client = createWalletClient({ account, chain, transport: http(opts.rpcUrl), pollingInterval: 50 }).extend(publicActions)
-    const signer = toFacilitatorEvmSigner({
-      address: account.address,
-      readContract: (args) => client.readContract(args as never),
-      verifyTypedData: (args) => client.verifyTypedData(args as never),
-      writeContract: (args) => client.writeContract(args as never),
-      sendTransaction: (args) => client.sendTransaction(args as never),
-      waitForTransactionReceipt: (args) => client.waitForTransactionReceipt(args),
-      getCode: (args) => client.getCode(args),
-    }, { confirmationTimeoutMs: 30_000 })
+    const signer = walletFacilitatorSigner(client, 30_000)
     this.facilitator = new x402Facilitator().register(`eip155:${opts.chainId}`, new UptoEvmScheme(signer))
     this.cap = opts.capAtomic
   }

@@ -41,21 +41,28 @@ function chainFor (cfg: X402Config, rpcUrl: string) {
  * scheme. Settlements are serialised: one settler account sending transactions concurrently
  * would race on its nonce.
  */
-export function createLocalFacilitator (cfg: X402Config, rpcUrl: string, settlerKey: Hex): Facilitator {
-  const account = privateKeyToAccount(settlerKey)
-  // viem's default 4 s polling would hold every queued settlement behind one slow receipt; L2
-  // blocks come every 1-2 s, so a quarter second costs little RPC and no waiting.
-  const client = createWalletClient({ account, chain: chainFor(cfg, rpcUrl), transport: http(rpcUrl, { timeout: 30_000 }), pollingInterval: 250 })
-    .extend(publicActions)
-  const signer = toFacilitatorEvmSigner({
-    address: account.address,
+type WalletWithReads = ReturnType<typeof createWalletClient> & ReturnType<typeof publicActions>
+
+/** @x402/evm's facilitator signer over a viem wallet client extended with public actions. */
+export function walletFacilitatorSigner (client: WalletWithReads, confirmationTimeoutMs: number) {
+  return toFacilitatorEvmSigner({
+    address: client.account!.address,
     readContract: (args) => client.readContract(args as never),
     verifyTypedData: (args) => client.verifyTypedData(args as never),
     writeContract: (args) => client.writeContract(args as never),
     sendTransaction: (args) => client.sendTransaction(args as never),
     waitForTransactionReceipt: (args) => client.waitForTransactionReceipt(args),
     getCode: (args) => client.getCode(args),
-  }, { confirmationTimeoutMs: 60_000 })
+  }, { confirmationTimeoutMs })
+}
+
+export function createLocalFacilitator (cfg: X402Config, rpcUrl: string, settlerKey: Hex): Facilitator {
+  const account = privateKeyToAccount(settlerKey)
+  // viem's default 4 s polling would hold every queued settlement behind one slow receipt; L2
+  // blocks come every 1-2 s, so a quarter second costs little RPC and no waiting.
+  const client = createWalletClient({ account, chain: chainFor(cfg, rpcUrl), transport: http(rpcUrl, { timeout: 30_000 }), pollingInterval: 250 })
+    .extend(publicActions)
+  const signer = walletFacilitatorSigner(client, 60_000)
   const facilitator = new x402Facilitator().register(cfg.network, new ExactEvmScheme(signer))
   if (cfg.v1Network) facilitator.registerV1(cfg.v1Network as never, new ExactEvmSchemeV1(signer))
 
